@@ -1,0 +1,1 @@
+"""The cmrqc command-line front door."""

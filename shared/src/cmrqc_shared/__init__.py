@@ -1,0 +1,1 @@
+"""CMR-QC Stream shared library."""

@@ -1,0 +1,39 @@
+"""cmrqc.rca.v1: a Reverse Classification Accuracy quality estimate."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cmrqc_shared.blobs.ref import BlobRef
+from cmrqc_shared.events.common import CardiacPhase, ClassScores
+from cmrqc_shared.events.envelope import Event
+
+
+class ReferenceScore(BaseModel):
+    """The DSC of the propagated segmentation against one reference's verified labelmap."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    reference_id: str
+    dsc: ClassScores
+
+
+class RcaLabel(Event):
+    """RCA estimate of a segmentation's per-class DSC (max over references, as in RCA)."""
+
+    SCHEMA_NAME: ClassVar[str] = "cmrqc.RcaLabel"
+    SCHEMA_VERSION: ClassVar[int] = 1
+    TOPIC: ClassVar[str] = "cmrqc.rca.v1"
+
+    segmentation_event_id: str
+    volume: BlobRef
+    labelmap: BlobRef
+    cardiac_phase: CardiacPhase
+    estimated_dsc: ClassScores = Field(description="Maximum over references.")
+    top_k_mean_dsc: ClassScores | None = Field(default=None, description="Mean of the top k.")
+    top_references: list[ReferenceScore] = Field(default_factory=list)
+    reference_set: str = Field(description="Identifier (hash) of the reference set used.")
+    references_used: int = Field(ge=1)
+    seconds: float = Field(ge=0, description="Wall-clock time the estimate took, s.")
