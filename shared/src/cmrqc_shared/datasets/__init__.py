@@ -1,0 +1,1 @@
+"""Dataset bookkeeping: seed splits of the synthetic generator."""
