@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
-from cmrqc_cli import commands_core
+from cmrqc_cli import commands_core, commands_synth
 
 logger = logging.getLogger("cmrqc_cli")
 
@@ -38,6 +38,7 @@ def _setup_argparser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands_core.register(subparsers)
+    commands_synth.register(subparsers)
     for registrar in _plugin_registrars():
         registrar(subparsers)
     return parser
@@ -52,7 +53,8 @@ def main(args: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    for chatty in ("kafka", "pynetdicom"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     handler: Callable[[argparse.Namespace], int] = namespace.handler
     return handler(namespace)
 
