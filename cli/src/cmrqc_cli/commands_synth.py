@@ -8,6 +8,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -65,17 +66,22 @@ def _synth(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from pydicom import dcmread
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage
+    from pydicom.uid import UID
+
+    # The SOP classes by UID (pynetdicom's named constants are generated at import time,
+    # which static type checkers cannot see).
+    mr_image_storage = UID("1.2.840.10008.5.1.4.1.1.4")
+    enhanced_mr_image_storage = UID("1.2.840.10008.5.1.4.1.1.4.1")
 
     from cmrqc_shared.synth import render_study, write_dicom_series
 
     host, _, port_text = args.to.rpartition(":")
     ae = AE(ae_title=args.calling_aet)
-    ae.add_requested_context(MRImageStorage)
-    ae.add_requested_context(EnhancedMRImageStorage)
-    handlers = [(evt.EVT_CONN_OPEN, _set_tcp_nodelay)]
+    ae.add_requested_context(mr_image_storage)
+    ae.add_requested_context(enhanced_mr_image_storage)
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, _set_tcp_nodelay)]
     interval = 1.0 / args.rate if args.rate > 0 else 0.0
-    summary: list[dict[str, object]] = []
+    summary: list[dict[str, Any]] = []
     next_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cmrqc-simulate-") as tmp:
         for index in tqdm(range(args.studies), desc="simulate", unit="study"):
@@ -108,7 +114,7 @@ def _simulate(args: argparse.Namespace) -> int:
                     "seconds": round(time.perf_counter() - started, 3),
                 }
             )
-    failures = [s for s in summary if "error" in s or set(s["statuses"]) - {"0x0000"}]  # type: ignore[arg-type]
+    failures = [s for s in summary if "error" in s or set(s["statuses"]) - {"0x0000"}]
     if args.json:
         print(json.dumps({"studies": summary, "failed": len(failures)}, indent=2))
     else:
