@@ -1,0 +1,1 @@
+"""Segmentations of every quality for the QC predictor: corruptions, classical method, dataset."""
