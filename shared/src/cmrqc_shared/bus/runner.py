@@ -23,6 +23,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -152,6 +153,7 @@ class StreamRunner(Generic[E]):
         self.transactional_id = f"{self.group_id}-{settings.instance_id}"
         self.error_policy = error_policy or retry_then_dead_letter(settings.max_attempts)
         self.metrics = RunnerMetrics()
+        self._records_in = self.metrics.records_in.labels(self.input_topic)
         self.heartbeat = Heartbeat(stale_after_s=settings.max_poll_interval_ms / 1000)
         self._extra_topics = list(extra_topics)
         self._serve_observability = serve_observability
@@ -355,14 +357,14 @@ class StreamRunner(Generic[E]):
         stats.records_in += len(records)
         stats.records_out += len(outputs) - dead_lettered
         stats.dead_lettered += dead_lettered
-        for output in outputs:
-            self.metrics.records_out.labels(output.topic).inc()
+        for topic, count in Counter(output.topic for output in outputs).items():
+            self.metrics.records_out.labels(topic).inc(count)
         self.metrics.batch_latency.observe(time.monotonic() - batch_started)
 
     def _handle_records(self, records: list[object]) -> tuple[list[_PendingOutput], int]:
         parsed: list[tuple[object, E | None, BaseException | None]] = []
+        self._records_in.inc(len(records))
         for record in records:
-            self.metrics.records_in.labels(self.input_topic).inc()
             try:
                 parsed.append((record, self.input_type.from_bytes(record.value), None))  # type: ignore[attr-defined]
             except (ValidationError, ValueError, TypeError) as error:
