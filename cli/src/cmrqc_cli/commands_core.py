@@ -74,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     bus = bench_sub.add_parser("bus", help="runner hop vs a bare kafka-python loop")
     bus.add_argument("--records", type=int, default=5000)
     bus.add_argument("--rounds", type=int, default=3, help="alternating rounds of each")
+    bus.add_argument("--latency-records", type=int, default=600, help="paced at 200/s")
     bus.add_argument("--json", action="store_true", help="print one JSON object")
     bus.add_argument("--bootstrap-servers", default=None)
     bus.set_defaults(handler=_bench_bus)
@@ -215,7 +216,10 @@ def _bench_bus(args: argparse.Namespace) -> int:
     from cmrqc_cli.bench_bus import run_bus_benchmark
 
     report = run_bus_benchmark(
-        records=args.records, rounds=args.rounds, kafka=_kafka_settings(args.bootstrap_servers)
+        records=args.records,
+        rounds=args.rounds,
+        kafka=_kafka_settings(args.bootstrap_servers),
+        latency_records=args.latency_records,
     )
     if args.json:
         print(json.dumps(report, indent=2))

@@ -65,8 +65,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from pydicom import dcmread
-    from pynetdicom import AE, evt
     from pydicom.uid import UID
+    from pynetdicom import AE, evt
 
     # The SOP classes by UID (pynetdicom's named constants are generated at import time,
     # which static type checkers cannot see).
