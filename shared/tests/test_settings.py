@@ -30,6 +30,17 @@ def test_nested_settings_are_read_with_the_service_prefix(env_clean: pytest.Monk
     assert settings.runner.max_attempts == 5
 
 
+def test_common_settings_apply_to_every_service_and_the_service_prefix_wins(
+    env_clean: pytest.MonkeyPatch,
+) -> None:
+    env_clean.setenv("CMRQC_KAFKA__BOOTSTRAP_SERVERS", "shared:9092")
+    env_clean.setenv("CMRQC_LOG_LEVEL", "DEBUG")
+    env_clean.setenv("CMRQC_EXAMPLE_LOG_LEVEL", "WARNING")
+    settings = ExampleSettings()
+    assert settings.kafka.bootstrap_servers == "shared:9092"
+    assert settings.log_level == "WARNING"
+
+
 def test_secrets_are_masked_when_settings_are_printed(env_clean: pytest.MonkeyPatch) -> None:
     env_clean.setenv("CMRQC_EXAMPLE_KAFKA__SASL_PASSWORD", "hunter2")
     env_clean.setenv("CMRQC_EXAMPLE_BLOBS__PASSWORD", "r3dis")

@@ -14,7 +14,12 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ProcessingGuarantee = Literal["exactly-once", "at-least-once"]
 
@@ -144,10 +149,37 @@ def service_settings_config(env_prefix: str) -> SettingsConfigDict:
     )
 
 
-class ServiceSettings(BaseSettings):
-    """What every service process needs; services subclass it with their own prefix."""
+COMMON_ENV_PREFIX = "CMRQC_"
 
-    model_config = service_settings_config("CMRQC_")
+
+class ServiceSettings(BaseSettings):
+    """What every service process needs; services subclass it with their own prefix.
+
+    Settings are read from the service's own prefix first (``CMRQC_INGEST_KAFKA__…``), then
+    from the common prefix ``CMRQC_`` (``CMRQC_KAFKA__BOOTSTRAP_SERVERS``), so a deployment
+    sets what all services share once and overrides per service where needed.
+    """
+
+    model_config = service_settings_config(COMMON_ENV_PREFIX)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("env_prefix") != COMMON_ENV_PREFIX:
+            sources.append(
+                EnvSettingsSource(
+                    settings_cls, env_prefix=COMMON_ENV_PREFIX, env_nested_delimiter="__"
+                )
+            )
+        sources.extend([dotenv_settings, file_secret_settings])
+        return tuple(sources)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     blobs: BlobSettings = Field(default_factory=BlobSettings)
