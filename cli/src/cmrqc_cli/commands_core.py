@@ -17,6 +17,7 @@ from cmrqc_cli.infra import (
     stop_cluster,
     stop_redis,
 )
+from cmrqc_shared.cliutil import verb_subparsers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -69,8 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     gc.add_argument("--older-than-days", type=float, required=True)
     gc.set_defaults(handler=_blobs_gc)
 
-    bench = subparsers.add_parser("bench", help="benchmarks that print figures side by side")
-    bench_sub = bench.add_subparsers(dest="target", required=True)
+    bench_sub = verb_subparsers(subparsers, "bench", "benchmarks that print figures side by side")
     bus = bench_sub.add_parser("bus", help="runner hop vs a bare kafka-python loop")
     bus.add_argument("--records", type=int, default=5000)
     bus.add_argument("--rounds", type=int, default=3, help="alternating rounds of each")

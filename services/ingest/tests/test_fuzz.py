@@ -1,0 +1,178 @@
+"""Fuzz: 1,000 mutated MR instances over real associations; the node answers every one.
+
+Mutations (seeded RNG) of valid synthetic instances, applied to the data set bytes after the
+file meta so pynetdicom's chunked sender puts them on the wire unchanged: truncation, random
+byte corruption, corrupted tags, wrong VR codes, garbage insertion; plus absurd dimensions and
+deleted attributes written with pydicom. Afterwards the service must still answer C-ECHO and
+assemble a good study.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ingest_testing import SEED0, RecordingPublisher, wait_for
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import build_context
+
+from cmrqc_ingest.senders import _nodelay, send_cstore
+from cmrqc_ingest.service import IngestService
+from cmrqc_shared.blobs import BlobStore
+from cmrqc_shared.events import VolumeReady
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+N_MUTANTS = 1000
+PER_ASSOCIATION = 100
+NODELAY = [(evt.EVT_CONN_OPEN, _nodelay)]
+_VR_CODES = [b"SQ", b"OB", b"UN", b"FD", b"US", b"UL", b"DS", b"AT", b"LO", b"OW"]
+_VR_AT = re.compile(rb"(?<=[\x00-\xff]{4})(US|UL|DS|IS|CS|LO|SH|UI|DA|TM|PN|FD)")
+
+
+def _split_meta(data: bytes) -> int:
+    """Offset of the data set after the preamble and file meta group."""
+    buffer = io.BytesIO(data)
+    dcmread(buffer, stop_before_pixels=True, specific_tags=[0x00020010])
+    # group length (0002,0000) is the first meta element: value at bytes 140..144
+    group_length = int.from_bytes(data[140:144], "little")
+    return 144 + group_length
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    start = _split_meta(data)
+    meta, body = data[:start], bytearray(data[start:])
+    kind = rng.randrange(6)
+    if kind == 0:  # truncation anywhere in the data set
+        body = body[: rng.randrange(len(body))]
+    elif kind == 1:  # random bytes corrupted in the header region
+        for _ in range(rng.randint(1, 20)):
+            body[rng.randrange(min(len(body), 2000))] = rng.randrange(256)
+    elif kind == 2:  # a corrupted tag (group/element numbers)
+        positions = [m.start() - 4 for m in _VR_AT.finditer(bytes(body[:3000]))]
+        for pos in rng.sample(positions, k=min(3, len(positions))):
+            body[pos : pos + 4] = rng.randbytes(4)
+    elif kind == 3:  # wrong VR codes
+        positions = [m.start() for m in _VR_AT.finditer(bytes(body[:3000]))]
+        for pos in rng.sample(positions, k=min(4, len(positions))):
+            body[pos : pos + 2] = rng.choice(_VR_CODES)
+    elif kind == 4:  # garbage inserted
+        pos = rng.randrange(len(body))
+        body[pos:pos] = rng.randbytes(rng.randint(1, 500))
+    else:  # length fields blown up
+        positions = [m.start() + 2 for m in _VR_AT.finditer(bytes(body[:3000]))]
+        for pos in rng.sample(positions, k=min(2, len(positions))):
+            body[pos : pos + 2] = b"\xff\xff"
+    return meta + bytes(body)
+
+
+def _pydicom_mutant(path: Path, rng: random.Random) -> bytes:
+    ds = dcmread(path)
+    kind = rng.randrange(4)
+    if kind == 0:
+        ds.Rows = rng.choice([0, 1, 4097, 65535])
+    elif kind == 1:
+        ds.NumberOfFrames = rng.choice([0, 99999, -1])
+    elif kind == 2:
+        ds.BitsAllocated = rng.choice([1, 12, 32, 64])
+    else:
+        for keyword in rng.sample(
+            ["ImagePositionPatient", "PixelSpacing", "StudyInstanceUID", "PixelData", "Rows"], 2
+        ):
+            if keyword in ds:
+                delattr(ds, keyword)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _with_new_sop_uid(path: Path, index: int) -> bytes:
+    ds = dcmread(path)
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["fuzz", str(index)])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_thousand_mutated_instances_are_all_answered_and_the_node_stays_healthy(  # type: ignore[no-untyped-def]
+    make_study,
+    service: IngestService,
+    recorder: RecordingPublisher,
+    blobs: BlobStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(20240601)
+    _, base = make_study(SEED0 + 1)
+    mutants_dir = tmp_path / "mutants"
+    mutants_dir.mkdir()
+    files = []
+    for index in range(N_MUTANTS):
+        source = base[index % len(base)]
+        if index % 5 == 4:
+            data = _pydicom_mutant(source, rng)
+        else:
+            data = _mutate(_with_new_sop_uid(source, index), rng)
+        target = mutants_dir / f"m{index:04d}.dcm"
+        target.write_bytes(data)
+        files.append(target)
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ae = AE(ae_title="FUZZER")
+    ae.requested_contexts = [build_context(dcmread(base[0]).SOPClassUID)]
+    answered: list[int] = []
+    for start in range(0, N_MUTANTS, PER_ASSOCIATION):
+        assoc = ae.associate(
+            "127.0.0.1", service.dicom_port, ae_title="CMRQC", evt_handlers=NODELAY
+        )
+        assert assoc.is_established
+        for path in files[start : start + PER_ASSOCIATION]:
+            try:
+                response = assoc.send_c_store(path)
+            except (AttributeError, ValueError, OSError):
+                continue  # meta unreadable after mutation: the SCU cannot even send it
+            if not assoc.is_established:
+                assoc = ae.associate(
+                    "127.0.0.1", service.dicom_port, ae_title="CMRQC", evt_handlers=NODELAY
+                )
+            assert "Status" in response, "a C-STORE went unanswered"
+            answered.append(int(response.Status))
+        if assoc.is_established:
+            assoc.release()
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
+
+    counts = {f"0x{s:04X}": answered.count(s) for s in sorted(set(answered))}
+    print(f"fuzz: {len(answered)} answered of {N_MUTANTS}; statuses {counts}")
+    assert len(answered) >= 0.95 * N_MUTANTS
+    failures = [s for s in answered if s != 0]
+    assert failures, "mutations should be refused at least sometimes"
+    assert all(s >> 12 in (0xA, 0xC) or s in (0x0110, 0x0122) for s in failures)
+
+    echo = AE(ae_title="CHECK")
+    echo.add_requested_context("1.2.840.10008.1.1")
+    assoc = echo.associate("127.0.0.1", service.dicom_port, ae_title="CMRQC")
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+
+    good_study, good = make_study(SEED0 + 2)
+    assert send_cstore("127.0.0.1", service.dicom_port, good) == [0] * len(good)
+    good_series = str(dcmread(good[0]).SeriesInstanceUID)
+    wait_for(
+        lambda: (
+            len([e for e in recorder.of_type(VolumeReady) if e.series_instance_uid == good_series])
+            == 2
+        ),
+        timeout_s=60,
+    )
+    for event in recorder.of_type(VolumeReady):
+        if event.series_instance_uid == good_series:
+            truth = good_study.phase(event.cardiac_phase.value).image
+            np.testing.assert_array_equal(blobs.get_array(event.volume), truth)
+    assert service.is_live() and service.is_ready()
