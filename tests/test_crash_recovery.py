@@ -7,13 +7,13 @@ de-duplication by event id leaves exactly one effect per input.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
@@ -25,6 +25,9 @@ from cmrqc_shared.events.examples import example_volume_ready
 from cmrqc_shared.settings import KafkaSettings
 from cmrqc_shared.topics import TopicSpec, ensure_topics
 
+sys.path.insert(0, str(Path(__file__).parent))
+from passthrough_process import start_passthrough
+
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 RECORDS = 5000
@@ -33,35 +36,17 @@ IN, OUT = "crash.in.v1", "crash.out.v1"
 
 
 def _start_service(kafka: KafkaSettings, guarantee: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "CMRQC_PASSTHROUGH_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "CMRQC_PASSTHROUGH_KAFKA__TOPIC_NAMESPACE": kafka.topic_namespace,
-            "CMRQC_PASSTHROUGH_RUNNER__GROUP_ID": f"crash-{guarantee}-{kafka.topic_namespace}",
-            # The same instance id on every restart: the same transactional id (fences the
-            # killed instance, aborts its open transaction) and the same static member.
-            "CMRQC_PASSTHROUGH_RUNNER__INSTANCE_ID": "crash-0",
-            "CMRQC_PASSTHROUGH_RUNNER__PROCESSING_GUARANTEE": guarantee,
-            "CMRQC_PASSTHROUGH_RUNNER__MAX_POLL_RECORDS": "50",
-            "CMRQC_PASSTHROUGH_RUNNER__HEALTH_PORT": "0",
-            "CMRQC_PASSTHROUGH_LOG_LEVEL": "WARNING",
-        }
-    )
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cmrqc_cli.passthrough",
-            "--input-topic",
-            IN,
-            "--output-topic",
-            OUT,
-            "--idle-timeout",
-            "4",
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
+    # The same instance id on every restart: the same transactional id (fences the killed
+    # instance, aborts its open transaction) and the same static group member.
+    return start_passthrough(
+        kafka,
+        input_topic=IN,
+        output_topic=OUT,
+        group=f"crash-{guarantee}-{kafka.topic_namespace}",
+        instance_id="crash-0",
+        idle_timeout_s=4,
+        processing_guarantee=guarantee,
+        max_poll_records="50",
     )
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
@@ -18,38 +18,23 @@ from cmrqc_shared.events.examples import example_volume_ready
 from cmrqc_shared.settings import KafkaSettings
 from cmrqc_shared.topics import TopicSpec, ensure_topics
 
+sys.path.insert(0, str(Path(__file__).parent))
+from passthrough_process import start_passthrough
+
 pytestmark = [pytest.mark.kafka]
 
 IN, OUT = "drain.in.v1", "drain.out.v1"
 
 
 def _service(kafka: KafkaSettings) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "CMRQC_PASSTHROUGH_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "CMRQC_PASSTHROUGH_KAFKA__TOPIC_NAMESPACE": kafka.topic_namespace,
-            "CMRQC_PASSTHROUGH_RUNNER__GROUP_ID": f"drain-{kafka.topic_namespace}",
-            "CMRQC_PASSTHROUGH_RUNNER__INSTANCE_ID": "drain-0",
-            "CMRQC_PASSTHROUGH_RUNNER__MAX_POLL_RECORDS": "20",
-            "CMRQC_PASSTHROUGH_RUNNER__HEALTH_PORT": "0",
-            "CMRQC_PASSTHROUGH_LOG_LEVEL": "WARNING",
-        }
-    )
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cmrqc_cli.passthrough",
-            "--input-topic",
-            IN,
-            "--output-topic",
-            OUT,
-            "--idle-timeout",
-            "3",
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
+    return start_passthrough(
+        kafka,
+        input_topic=IN,
+        output_topic=OUT,
+        group=f"drain-{kafka.topic_namespace}",
+        instance_id="drain-0",
+        idle_timeout_s=3,
+        max_poll_records="20",
     )
 
 

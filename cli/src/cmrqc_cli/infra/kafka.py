@@ -275,22 +275,7 @@ def start_cluster(cluster: KafkaCluster, timeout_s: float = 90.0) -> float:
             raise InfraError(
                 f"port {node.broker_port} or {node.controller_port} is taken by another process"
             )
-        start_background(
-            [
-                _java(),
-                JVM_HEAP,
-                "-XX:+UseG1GC",
-                "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={node.directory / 'log4j2.properties'}",
-                "-cp",
-                f"{libs}/*",
-                "kafka.Kafka",
-                str(node.directory / "server.properties"),
-            ],
-            log_file=node.directory / "stdout.log",
-            pid_file=node.pid_file,
-            cwd=node.directory,
-        )
+        _launch_node(node, libs)
     if not wait_until(lambda: cluster_ready(cluster), timeout_s, interval_s=0.25):
         tail = "".join(
             (n.directory / "stdout.log").read_text(errors="replace")[-2000:] for n in cluster.nodes
@@ -299,27 +284,31 @@ def start_cluster(cluster: KafkaCluster, timeout_s: float = 90.0) -> float:
     return time.monotonic() - started
 
 
+def _launch_node(node: KafkaNode, libs: Path) -> None:
+    """Start one node's JVM in the background."""
+    start_background(
+        [
+            _java(),
+            JVM_HEAP,
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={node.directory / 'log4j2.properties'}",
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(node.directory / "server.properties"),
+        ],
+        log_file=node.directory / "stdout.log",
+        pid_file=node.pid_file,
+        cwd=node.directory,
+    )
+
+
 def start_node(cluster: KafkaCluster, node_id: int, timeout_s: float = 60.0) -> None:
     """Restart one stopped node of a running cluster (for fault tests)."""
     node = next(n for n in cluster.nodes if n.node_id == node_id)
     if read_pid(node.pid_file) is None:
-        libs = ensure_jars()
-        start_background(
-            [
-                _java(),
-                JVM_HEAP,
-                "-XX:+UseG1GC",
-                "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={node.directory / 'log4j2.properties'}",
-                "-cp",
-                f"{libs}/*",
-                "kafka.Kafka",
-                str(node.directory / "server.properties"),
-            ],
-            log_file=node.directory / "stdout.log",
-            pid_file=node.pid_file,
-            cwd=node.directory,
-        )
+        _launch_node(node, ensure_jars())
     if not wait_until(lambda: cluster_ready(cluster), timeout_s, interval_s=0.25):
         raise InfraError(f"node {node_id} did not rejoin in {timeout_s:.0f} s")
 
