@@ -272,8 +272,12 @@ class StreamRunner(Generic[E]):
             group_instance_id=(
                 self.settings.instance_id if self.settings.static_membership else None
             ),
+            # A group assignment computed before the topic's metadata arrived is only redone
+            # when metadata refreshes: keep that bounded (default is 5 minutes).
+            metadata_max_age_ms=30_000,
             **client,
         )
+        self._await_partitions(self.input_topic)
         producer_config = dict(
             client_id=f"{self.service.service}-{self.settings.instance_id}",
             acks="all",
@@ -308,6 +312,18 @@ class StreamRunner(Generic[E]):
                 "guarantee": self.settings.processing_guarantee,
             },
         )
+
+    def _await_partitions(self, topic: str, timeout_s: float = 30.0) -> None:
+        """Fetch the input topic's metadata before the first poll joins the group.
+
+        Without it the group leader may assign nothing for a just-created topic.
+        """
+        assert self._consumer is not None
+        deadline = time.monotonic() + timeout_s
+        while not self._consumer.partitions_for_topic(topic):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partition metadata for {topic} after {timeout_s:.0f} s")
+            time.sleep(0.1)
 
     def _close(self) -> None:
         self._ready.clear()
