@@ -7,7 +7,6 @@ import uuid
 
 import numpy as np
 import pytest
-from kafka.admin import KafkaAdminClient
 
 from cmrqc_segmenter import __version__
 from cmrqc_segmenter.main import build_runner, main
@@ -28,7 +27,7 @@ from cmrqc_shared.events import (
 )
 from cmrqc_shared.settings import BlobSettings, KafkaSettings, RunnerSettings
 from cmrqc_shared.synth import render_study
-from cmrqc_shared.topics import TOPICS, TopicSpec, ensure_topics
+from cmrqc_shared.topics import ensure_namespaced_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -49,16 +48,6 @@ def _settings(kafka: KafkaSettings, redis_url: str) -> SegmenterSettings:
         ),
         device="cpu",
     )
-
-
-def _ensure_topics(kafka: KafkaSettings) -> None:
-    admin = KafkaAdminClient(**kafka.client_config())
-    try:
-        ensure_topics(
-            admin, [TopicSpec(**{**t.__dict__, "name": kafka.topic(t.name)}) for t in TOPICS]
-        )
-    finally:
-        admin.close()
 
 
 def _volume_event(
@@ -129,7 +118,7 @@ def test_a_published_volume_comes_back_segmented_with_its_provenance(
 ) -> None:
     blobs = open_blob_store(redis_url)
     ((event, truth),) = _synthetic_events(blobs, 0, SEGMENTER_TEST.start + 20)
-    _ensure_topics(kafka)
+    ensure_namespaced_topics(kafka)
     _publish(kafka, [event])
     for name, value in {
         "KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
@@ -184,7 +173,7 @@ def test_impossible_volumes_are_dead_lettered_with_reasons_and_the_rest_flows(
         _volume_event(2, missing, (4, 64, 64)),
         good,
     ]
-    _ensure_topics(kafka)
+    ensure_namespaced_topics(kafka)
     _publish(kafka, events)
     stats = build_runner(_settings(kafka, redis_url)).run(max_records=4, timeout_s=120)
     letters = read_events(kafka, DeadLetter, expected=3)
@@ -208,7 +197,7 @@ def test_several_volumes_are_segmented_in_micro_batches(
     blobs = open_blob_store(redis_url)
     pairs = _synthetic_events(blobs, 0, SEGMENTER_TEST.start + 30, ("ED", "ES"))
     pairs += _synthetic_events(blobs, 2, SEGMENTER_TEST.start + 31)
-    _ensure_topics(kafka)
+    ensure_namespaced_topics(kafka)
     _publish(kafka, [event for event, _ in pairs])
     settings = _settings(kafka, redis_url).model_copy(update={"micro_batch_volumes": 2})
     runner = build_runner(settings)

@@ -24,6 +24,7 @@ from cmrqc_shared.events import (
     SegmentationReady,
     VolumeReady,
 )
+from cmrqc_shared.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +128,16 @@ def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], attempts: int 
             return
         time.sleep(0.1)
     raise TimeoutError(f"topics {names} did not appear in the metadata")
+
+
+def ensure_namespaced_topics(kafka: KafkaSettings, client_id: str = "cmrqc-admin") -> list[str]:
+    """``ensure_topics`` for every declared topic under ``kafka``'s namespace (a service that
+    starts before its producers, and tests, call this so nothing waits on a missing topic)."""
+    admin = KafkaAdminClient(client_id=client_id, **kafka.client_config())
+    try:
+        return ensure_topics(
+            admin,
+            [TopicSpec(**{**spec.__dict__, "name": kafka.topic(spec.name)}) for spec in TOPICS],
+        )
+    finally:
+        admin.close()

@@ -1,0 +1,203 @@
+"""Model artifacts: one safetensors file with the weights, the calibration and the metadata.
+
+Layout of an artifact (``.safetensors``; tensors can never run code when loaded):
+
+* tensors ``model.<name>``: the network's state dict (weights and buffers, e.g. the fast
+  model's feature standardisation);
+* tensor ``conformal.residuals``: sorted absolute calibration residuals ``(n, 5)``
+  (``conformal.py``);
+* string metadata: ``format`` (``ARTIFACT_FORMAT``), ``architecture``, ``options`` (JSON of the
+  architecture's constructor options), ``input_contract`` (``prepare.INPUT_CONTRACT``),
+  ``classes``, ``name``, ``version``, ``created_at`` and ``card`` (JSON: data, seeds, epochs,
+  metrics — the model card).
+
+``load_artifact`` refuses anything that does not fit this service (``ArtifactError`` with
+``reason`` ``corrupt`` or ``incompatible``) instead of half-loading it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
+from cmrqc_qc_predictor.conformal import ConformalCalibration
+from cmrqc_qc_predictor.models import build_model
+from cmrqc_qc_predictor.prepare import INPUT_CONTRACT
+
+ARTIFACT_FORMAT = "cmrqc-qc-model-v1"
+MODEL_PREFIX = "model."
+RESIDUALS_KEY = "conformal.residuals"
+
+
+class ArtifactError(ValueError):
+    """An artifact that cannot serve here. ``reason``: ``corrupt`` or ``incompatible``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class QcModel:
+    """A loaded, ready model: network (eval mode), calibration and metadata."""
+
+    network: nn.Module
+    architecture: str
+    calibration: ConformalCalibration
+    name: str
+    version: str
+    options: dict[str, Any] = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+
+
+def artifact_bytes(
+    network: nn.Module,
+    *,
+    architecture: str,
+    calibration: ConformalCalibration,
+    name: str,
+    version: str,
+    options: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
+    created_at: str = "",
+) -> bytes:
+    """Serialise a model to the artifact format (bytes of a safetensors file)."""
+    tensors = {
+        f"{MODEL_PREFIX}{key}": value.detach().cpu().contiguous()
+        for key, value in network.state_dict().items()
+    }
+    tensors[RESIDUALS_KEY] = torch.from_numpy(np.ascontiguousarray(calibration.residuals))
+    metadata = {
+        "format": ARTIFACT_FORMAT,
+        "architecture": architecture,
+        "options": json.dumps(options or {}, sort_keys=True),
+        "input_contract": INPUT_CONTRACT,
+        "classes": ",".join(OUTPUT_CLASSES),
+        "name": name,
+        "version": version,
+        "created_at": created_at,
+        "card": json.dumps(card or {}, sort_keys=True),
+    }
+    return bytes(save_safetensors(tensors, metadata=metadata))
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors file, without loading its tensors.
+
+    Raises:
+        ArtifactError: ``corrupt`` when the header cannot be parsed.
+    """
+    try:
+        (header_size,) = struct.unpack("<Q", data[:8])
+        if header_size > len(data) - 8:
+            raise ValueError(f"header of {header_size} bytes in a {len(data)}-byte file")
+        header = json.loads(data[8 : 8 + header_size])
+        metadata = header.get("__metadata__", {})
+        if not isinstance(metadata, dict):
+            raise ValueError("__metadata__ is not an object")
+        return {str(k): str(v) for k, v in metadata.items()}
+    except (struct.error, ValueError, UnicodeDecodeError) as error:
+        raise ArtifactError("corrupt", f"not a safetensors file: {error}") from error
+
+
+def check_compatible(metadata: dict[str, str]) -> None:
+    """Refuse artifacts of another format, input contract or class list.
+
+    Raises:
+        ArtifactError: ``incompatible``, naming the field.
+    """
+    expected = {
+        "format": ARTIFACT_FORMAT,
+        "input_contract": INPUT_CONTRACT,
+        "classes": ",".join(OUTPUT_CLASSES),
+    }
+    for key, wanted in expected.items():
+        if metadata.get(key) != wanted:
+            raise ArtifactError(
+                "incompatible",
+                f"artifact {key} is {metadata.get(key)!r}, this service needs {wanted!r}",
+            )
+
+
+def load_artifact(data: bytes, *, sha256: str | None = None) -> QcModel:
+    """Load an artifact's bytes into a ready model (eval mode, CPU).
+
+    Raises:
+        ArtifactError: ``corrupt`` (unparseable file, bad calibration) or ``incompatible``
+            (format, input contract, classes, unknown architecture, weights that do not fit
+            the architecture exactly).
+    """
+    metadata = read_metadata(data)
+    check_compatible(metadata)
+    architecture = metadata.get("architecture", "")
+    try:
+        options = json.loads(metadata.get("options", "{}"))
+        card = json.loads(metadata.get("card", "{}"))
+    except json.JSONDecodeError as error:
+        raise ArtifactError("corrupt", f"artifact metadata is not JSON: {error}") from error
+    try:
+        network = build_model(architecture, options)
+    except (ValueError, TypeError) as error:
+        raise ArtifactError("incompatible", str(error)) from error
+    try:
+        tensors = load_safetensors(data)
+    except Exception as error:  # safetensors raises its own SafetensorError on bad data
+        raise ArtifactError("corrupt", f"cannot read the tensors: {error}") from error
+    state = {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in tensors.items()
+        if key.startswith(MODEL_PREFIX)
+    }
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ArtifactError(
+            "incompatible", f"weights do not fit {architecture}: {error}"
+        ) from error
+    if RESIDUALS_KEY not in tensors:
+        raise ArtifactError("incompatible", "artifact has no conformal calibration")
+    try:
+        calibration = ConformalCalibration(tensors[RESIDUALS_KEY].numpy().astype(np.float32))
+    except ValueError as error:
+        raise ArtifactError("corrupt", f"bad calibration: {error}") from error
+    if calibration.residuals.shape[1] != len(OUTPUT_CLASSES):
+        raise ArtifactError("incompatible", "calibration does not have one column per class")
+    network.eval()
+    return QcModel(
+        network=network,
+        architecture=architecture,
+        calibration=calibration,
+        name=metadata.get("name", ""),
+        version=metadata.get("version", ""),
+        options=options,
+        card=card,
+        sha256=sha256,
+    )
+
+
+def load_artifact_file(path: Path) -> QcModel:
+    """``load_artifact`` of a file (its sha256 recorded).
+
+    Raises:
+        ArtifactError: as ``load_artifact``.
+        OSError: the file cannot be read.
+    """
+    import hashlib
+
+    data = path.read_bytes()
+    return load_artifact(data, sha256=hashlib.sha256(data).hexdigest())
+
+
+BUILTIN_FAST = Path(__file__).parent / "weights" / "qc-fast.safetensors"
+"""The committed fast model."""

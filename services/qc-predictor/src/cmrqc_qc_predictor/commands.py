@@ -1,0 +1,301 @@
+"""``cmrqc`` subcommands of the QC predictor.
+
+* ``cmrqc train qc --model fast|paper --dataset PATH`` — train, select, calibrate, write the
+  artifact, model card and training curve (``--install``: make it the committed fast model);
+* ``cmrqc evaluate qc --dataset PATH [--artifact A] [--holdout-family F] [--json]`` — the
+  paper's Table 1, interval coverage and figures on the test split; with ``--holdout-family``
+  and no ``--artifact`` a model is first trained without family F, then tested on F alone;
+* ``cmrqc bench qc [--json]`` — paper vs fast per-case latency, batch 1 and batched;
+* ``cmrqc make-qc-dev-dataset --out PATH`` — the small development dataset (``devdata``);
+* ``cmrqc publish qc-model --artifact A --version V`` — put an artifact in the blob store and
+  announce it on cmrqc.models.v1 (hot-swap).
+
+The verbs are shared with other services (``cmrqc train segmenter`` …): each is found or
+created, then the ``qc`` target is added under it. Heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cmrqc_shared.cliutil import SubParsers, verb_subparsers
+
+PACKAGE_DIR = Path(__file__).parent
+DOCS_DIR = PACKAGE_DIR.parents[1] / "docs"
+
+
+def _emit(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=("fast", "paper"), default="fast")
+    parser.add_argument("--epochs", type=int, default=None, help="fast: 30, paper: 2")
+    parser.add_argument("--batch-size", type=int, default=None, help="fast: 32, paper: 2")
+    parser.add_argument("--lr", type=float, default=None, help="fast: 2e-3, paper: 1e-5")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-budget-min", type=float, default=None, help="stop after this")
+    parser.add_argument("--max-train", type=int, default=None, help="cap training cases")
+    parser.add_argument("--max-val", type=int, default=None, help="cap validation cases")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="fast-input cache base")
+    parser.add_argument("--init", type=Path, default=None, help="fast: fine-tune this artifact")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--version", default="", help="artifact version (default: a timestamp)")
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add the QC predictor's subcommands to ``cmrqc``."""
+    train = verb_subparsers(subparsers, "train", "train a model").add_parser(
+        "qc", help="train the QC predictor (fast or the paper's 3D ResNet-50)"
+    )
+    train.add_argument(
+        "--dataset",
+        type=Path,
+        action="append",
+        required=True,
+        help="QC dataset folder (repeat to train on several as one)",
+    )
+    train.add_argument("--out", type=Path, default=None, help="default out/qc-predictor/<model>")
+    train.add_argument("--holdout-family", default=None, help="train without this family")
+    train.add_argument(
+        "--install", action="store_true", help="commit as the builtin fast model (+ card, curve)"
+    )
+    _training_arguments(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = verb_subparsers(subparsers, "evaluate", "evaluate a model").add_parser(
+        "qc", help="Table 1, coverage and figures on the QC test split"
+    )
+    evaluate.add_argument(
+        "--dataset",
+        type=Path,
+        action="append",
+        required=True,
+        help="QC dataset folder (repeat to test on the union of their test splits)",
+    )
+    evaluate.add_argument(
+        "--artifact",
+        default=None,
+        help="builtin or a .safetensors (default: builtin; with "
+        "--holdout-family: train one without the family first)",
+    )
+    evaluate.add_argument("--holdout-family", default=None, help="test on this family alone")
+    evaluate.add_argument("--out", type=Path, default=None, help="default out/qc-predictor/eval")
+    evaluate.add_argument("--max-cases", type=int, default=None, help="seeded test subset")
+    evaluate.add_argument("--coverage", type=float, default=0.9)
+    evaluate.add_argument("--threshold", type=float, default=0.7, help="WH pass threshold")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    _training_arguments(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+    bench = verb_subparsers(subparsers, "bench", "benchmarks").add_parser(
+        "qc", help="paper vs fast per-case latency (batch 1 and batched), CPU and GPU"
+    )
+    bench.add_argument("--batch", type=int, default=8)
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    bench.add_argument("--device", action="append", default=None, help="cpu, cuda (repeatable)")
+    bench.add_argument("--artifact", default="builtin", help="fast model artifact")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_bench)
+
+    dev = subparsers.add_parser(
+        "make-qc-dev-dataset", help="small QC dataset (classical + corruption families)"
+    )
+    dev.add_argument("--out", type=Path, required=True)
+    dev.add_argument("--train-subjects", type=int, default=400)
+    dev.add_argument("--val-subjects", type=int, default=50)
+    dev.add_argument("--test-subjects", type=int, default=50)
+    dev.set_defaults(handler=_make_dev_dataset)
+
+    publish = verb_subparsers(subparsers, "publish", "announce artifacts").add_parser(
+        "qc-model", help="store a QC model artifact and announce it on cmrqc.models.v1"
+    )
+    publish.add_argument("--artifact", type=Path, required=True)
+    publish.add_argument("--version", required=True)
+    publish.add_argument("--name", default="qc-predictor")
+    publish.set_defaults(handler=_publish)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _train_config(args: argparse.Namespace, out: Path, holdout: str | None) -> Any:
+    from cmrqc_qc_predictor.training import TrainConfig
+
+    return TrainConfig(
+        model=args.model,
+        datasets=tuple(args.dataset),
+        out=out,
+        epochs=args.epochs or (30 if args.model == "fast" else 2),
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        holdout_family=holdout,
+        time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
+        max_train=args.max_train,
+        max_val=args.max_val,
+        cache_dir=args.cache_dir,
+        init=args.init,
+        version=args.version,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    import shutil
+
+    from cmrqc_qc_predictor.artifact import BUILTIN_FAST
+    from cmrqc_qc_predictor.training import train
+
+    _set_threads(args.threads)
+    out = args.out or Path("out/qc-predictor") / args.model
+    result = train(_train_config(args, out, args.holdout_family))
+    _emit(json.dumps({"artifact": str(result.artifact), **result.card["validation"]}, indent=2))
+    if args.install:
+        if args.model != "fast":
+            _emit("--install applies to the fast model only")
+            return 2
+        BUILTIN_FAST.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.artifact, BUILTIN_FAST)
+        DOCS_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "model-card.json", BUILTIN_FAST.parent / "qc-fast.card.json")
+        shutil.copyfile(out / "model-card.md", DOCS_DIR / "model-card-fast.md")
+        shutil.copyfile(out / "training-curve-fast.png", DOCS_DIR / "training-curve-fast.png")
+        _emit(f"installed {BUILTIN_FAST}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cmrqc_qc_predictor.artifact import BUILTIN_FAST, load_artifact_file
+    from cmrqc_qc_predictor.evaluation import evaluate
+    from cmrqc_qc_predictor.training import train
+
+    _set_threads(args.threads)
+    out = args.out or Path("out/qc-predictor") / (
+        f"holdout-{args.holdout_family}" if args.holdout_family else "eval"
+    )
+    artifact = args.artifact
+    if artifact is None and args.holdout_family:
+        trained = train(_train_config(args, out / "train", args.holdout_family))
+        artifact = str(trained.artifact)
+    path = BUILTIN_FAST if artifact in (None, "builtin") else Path(artifact)
+    model = load_artifact_file(path)
+    report = evaluate(
+        model,
+        args.dataset,
+        out,
+        seed=args.seed,
+        holdout_family=args.holdout_family,
+        max_cases=args.max_cases,
+        coverage=args.coverage,
+        threshold=args.threshold,
+        progress=not args.json,
+    )
+    report["artifact"] = str(path)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        _emit(json.dumps(report))
+    else:
+        _emit(format_table1(report))
+    return 0
+
+
+def format_table1(report: dict[str, Any]) -> str:
+    """Table 1 as text, with coverage and the binary statistics."""
+    table = report["table1"]
+    lines = [
+        f"{report['model']['architecture']} {report['model']['version']} on {report['scope']} "
+        f"(n = {table['n']}, {report['test_scans']} scans)",
+        f"{'class':6} {'all':>16} {'DSC < 0.5':>16} {'DSC >= 0.5':>16} {'coverage':>9}",
+    ]
+    for name, row in table["mae"].items():
+        cells = [
+            f"{row[k]['mae']:.3f} ({row[k]['sd']:.3f})" for k in ("all", "dsc_lt_0.5", "dsc_ge_0.5")
+        ]
+        coverage = report["coverage"]["empirical"][name]
+        lines.append(f"{name:6} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {coverage:9.3f}")
+    binary = table["binary_wh"]
+    lines.append(
+        f"WH pass/fail at {binary['threshold']} (positive = fail): TPR {binary['tpr']:.3f} "
+        f"FPR {binary['fpr']:.3f} accuracy {binary['accuracy']:.3f}"
+    )
+    lines.append(f"figures: {', '.join(report['figures'].values())}")
+    return "\n".join(lines)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from cmrqc_qc_predictor.bench import run_bench
+
+    report = run_bench(
+        batch=args.batch,
+        rounds=args.rounds,
+        threads=args.threads,
+        devices=args.device,
+        fast_artifact=args.artifact,
+    )
+    if args.json:
+        _emit(json.dumps(report))
+        return 0
+    for device, results in report["devices"].items():
+        _emit(f"{device} ({results['device_name']}, {report['threads']} threads):")
+        for model in ("paper", "fast"):
+            for key, row in results[model].items():
+                _emit(
+                    f"  {model:5} {key:8} prepare {row['prepare_ms']:8.2f} ms  forward "
+                    f"{row['forward_ms']:8.2f} ms  total {row['total_ms']:8.2f} ms per case"
+                )
+        _emit(f"  paper/fast: {results['ratio_paper_over_fast']}")
+    return 0
+
+
+def _make_dev_dataset(args: argparse.Namespace) -> int:
+    from cmrqc_qc_predictor.devdata import DevDatasetPlan, write_dev_dataset
+
+    plan = DevDatasetPlan(
+        train_subjects=args.train_subjects,
+        val_subjects=args.val_subjects,
+        test_subjects=args.test_subjects,
+    )
+    written = write_dev_dataset(args.out, plan)
+    _emit(f"wrote {written} samples to {args.out}")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from cmrqc_qc_predictor.artifact import load_artifact, read_metadata
+    from cmrqc_qc_predictor.settings import QcPredictorSettings
+    from cmrqc_shared.blobs import MediaType, open_blob_store
+    from cmrqc_shared.bus.publisher import EventPublisher
+    from cmrqc_shared.events import ModelPublished, ProducerInfo, utc_now
+
+    data = args.artifact.read_bytes()
+    model = load_artifact(data)  # refuse to announce what the service would refuse to load
+    settings = QcPredictorSettings()
+    store = open_blob_store(settings.blobs.resolved_url(), ttl_seconds=settings.blobs.ttl_seconds)
+    ref = store.put(data, MediaType.SAFETENSORS)
+    event = ModelPublished.create(
+        derived_from=(args.name, args.version, ref.sha256),
+        producer=ProducerInfo(service="cmrqc-cli", version="0"),
+        model_name=args.name,
+        version=args.version,
+        artifact=ref,
+        architecture=read_metadata(data)["architecture"],
+        metrics={
+            f"val_mae_{k}": float(v)
+            for k, v in model.card.get("validation", {}).get("mae", {}).items()
+        },
+        provenance={"source": str(args.artifact)},
+        promoted_at=utc_now(),
+    )
+    with EventPublisher(settings.kafka) as publisher:
+        publisher.publish(event)
+    _emit(f"published {args.name} {args.version} ({ref.sha256[:12]})")
+    return 0

@@ -1,0 +1,175 @@
+"""Evaluating a model artifact on the test split: Table 1, coverage, verdicts, figures.
+
+Predictions go through ``predictor.predict_cases`` on the stored arrays — the exact code the
+service runs (validation, preparation, network, intervals, verdict rules) — not through the
+training caches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmrqc_qc_predictor.artifact import QcModel
+from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
+from cmrqc_qc_predictor.conformal import empirical_coverage
+from cmrqc_qc_predictor.data import QcDatasets, balanced_split, targets_of
+from cmrqc_qc_predictor.plots import error_distribution_png, scatter_png
+from cmrqc_qc_predictor.predictor import Case, predict_cases
+from cmrqc_qc_predictor.scoring import WH, mae_per_class, table1, verdict_statistics
+from cmrqc_qc_predictor.verdicts import DEFAULT_THRESHOLDS
+from cmrqc_shared.qcdata.dataset import QcSample, bin_counts
+
+logger = logging.getLogger(__name__)
+
+
+def test_samples(
+    dataset: QcDatasets, *, seed: int, holdout_family: str | None, max_cases: int | None
+) -> list[QcSample]:
+    """The balanced test split: family ``holdout_family`` alone when given, else all families.
+
+    ``max_cases`` keeps a seeded random subset (for the slow paper model on a CPU).
+    """
+    samples = balanced_split(dataset, "test", seed=seed, only_family=holdout_family)
+    if max_cases is not None and max_cases < len(samples):
+        keep = np.random.default_rng(seed + 7).permutation(len(samples))[:max_cases]
+        samples = [samples[i] for i in sorted(keep)]
+    return samples
+
+
+def evaluate(
+    model: QcModel,
+    dataset_roots: Sequence[Path],
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    holdout_family: str | None = None,
+    max_cases: int | None = None,
+    coverage: float = 0.9,
+    threshold: float = DEFAULT_THRESHOLDS["WH"],
+    progress: bool = True,
+    label: str = "",
+) -> dict[str, Any]:
+    """Score ``model`` on the test split; writes the figures to ``out_dir``; returns the report.
+
+    Raises:
+        FileNotFoundError: no dataset at one of ``dataset_roots``.
+        ValueError: an empty test selection.
+    """
+    from tqdm import tqdm
+
+    dataset = QcDatasets(dataset_roots)
+    samples = test_samples(dataset, seed=seed, holdout_family=holdout_family, max_cases=max_cases)
+    by_scan: dict[str, list[int]] = defaultdict(list)
+    for index, sample in enumerate(samples):
+        by_scan[sample.scan_id].append(index)
+    predicted = np.zeros((len(samples), len(OUTPUT_CLASSES)), np.float32)
+    lower, upper = np.zeros_like(predicted), np.zeros_like(predicted)
+    verdicts: list[str] = [""] * len(samples)
+    device = next(model.network.parameters()).device
+    with tqdm(total=len(samples), desc="evaluate", disable=not progress, unit="case") as bar:
+        for scan_id, indices in by_scan.items():
+            scan = dataset.scan(scan_id)
+            cases = [
+                Case(
+                    scan.image,
+                    dataset.segmentation(samples[i]),
+                    scan.pixel_spacing_mm,
+                    scan.slice_spacing_mm,
+                )
+                for i in indices
+            ]
+            results = predict_cases(
+                model, cases, device=device, thresholds={"WH": threshold}, coverage=coverage
+            )
+            for i, result in zip(indices, results, strict=True):
+                predicted[i] = [result.dsc[c] for c in OUTPUT_CLASSES]
+                if result.lower is not None and result.upper is not None:
+                    lower[i] = [result.lower[c] for c in OUTPUT_CLASSES]
+                    upper[i] = [result.upper[c] for c in OUTPUT_CLASSES]
+                verdicts[i] = result.decision.verdict.value
+            bar.update(len(indices))
+    true = targets_of(samples)
+    covered = empirical_coverage(lower, upper, true)
+    families = sorted({s.family for s in samples})
+    per_family = {
+        family: {
+            "n": int(sum(s.family == family for s in samples)),
+            "mae": mae_per_class(
+                predicted[[s.family == family for s in samples]],
+                true[[s.family == family for s in samples]],
+            ),
+        }
+        for family in families
+    }
+    title = label or f"{model.architecture} {model.version}"
+    scope = f"held-out family {holdout_family}" if holdout_family else "test split"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = f"-holdout-{holdout_family}" if holdout_family else ""
+    figures = {
+        "mae_distribution": str(
+            error_distribution_png(
+                predicted,
+                true,
+                out_dir / f"mae-distribution{suffix}.png",
+                f"{title}: absolute error per class ({scope}, n = {len(samples)})",
+            )
+        ),
+        "scatter": str(
+            scatter_png(
+                predicted,
+                true,
+                out_dir / f"scatter{suffix}.png",
+                f"{title}: predicted vs true DSC ({scope}, n = {len(samples)}; "
+                f"{int(coverage * 100)}% intervals)",
+                lower,
+                upper,
+                threshold,
+            )
+        ),
+    }
+    np.savez(
+        out_dir / f"predictions{suffix}.npz",
+        predicted=predicted,
+        true=true,
+        lower=lower,
+        upper=upper,
+        sample_ids=np.array([s.sample_id for s in samples]),
+    )
+    return {
+        "model": {
+            "architecture": model.architecture,
+            "name": model.name,
+            "version": model.version,
+            "sha256": model.sha256,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        },
+        "dataset": [str(root) for root in dataset_roots],
+        "scope": scope,
+        "holdout_family": holdout_family,
+        "families": families,
+        "test_scans": len(by_scan),
+        "test_wh_bins": bin_counts(samples),
+        "max_cases": max_cases,
+        "table1": table1(predicted, true, threshold),
+        "coverage": {
+            "nominal": coverage,
+            "empirical": dict(zip(OUTPUT_CLASSES, map(float, covered), strict=True)),
+            "half_width": dict(
+                zip(
+                    OUTPUT_CLASSES, map(float, model.calibration.half_widths(coverage)), strict=True
+                )
+            ),
+            "calibration_cases": model.calibration.size,
+        },
+        "verdicts_wh": verdict_statistics(verdicts, true[:, WH], threshold),
+        "per_family": per_family,
+        "figures": figures,
+    }

@@ -1,0 +1,571 @@
+"""Training either network on a QC dataset, with validation each epoch and conformal calibration.
+
+* Data: the dataset's own splits (by scan), balanced per split (``data.balanced_split``);
+  ``holdout_family`` removes one family from training and validation (for the
+  generalisation test, which then evaluates on that family alone).
+* Loss: mean squared error on the five Dice values (the paper's). Validation after every epoch;
+  the epoch with the lowest mean validation MAE is the model kept (the paper's model selection).
+* ``paper``: Adam, learning rate 1e-5 with Keras-style time decay lr / (1 + 0.005 · step),
+  inputs prepared on the fly (batch as memory allows; 2 on a CPU). ``max_train`` / ``max_val`` /
+  ``time_budget_s`` bound a run on a CPU, where this network cannot be trained to convergence;
+  the model card records the budget.
+* ``fast``: AdamW with a one-cycle schedule, in-plane flips and 90° rotations as augmentation
+  (Dice is invariant to them when image and segmentation turn together), cached inputs.
+* Afterwards the selected model predicts the validation split once more and the absolute
+  residuals become its conformal calibration; the artifact (safetensors), the model card
+  (JSON and Markdown) and the training curve (PNG) are written to ``out``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from cmrqc_qc_predictor.artifact import artifact_bytes
+from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
+from cmrqc_qc_predictor.conformal import ConformalCalibration
+from cmrqc_qc_predictor.data import (
+    QcDatasets,
+    balanced_split,
+    fast_arrays,
+    prepare_sample,
+    targets_of,
+)
+from cmrqc_qc_predictor.features import FEATURE_NAMES
+from cmrqc_qc_predictor.models import (
+    FAST_ARCHITECTURE,
+    PAPER_ARCHITECTURE,
+    FastConfig,
+    FastQcNet,
+    PaperResNet3d,
+)
+from cmrqc_qc_predictor.plots import training_curve_png
+from cmrqc_qc_predictor.scoring import mae_per_class
+from cmrqc_shared.qcdata.dataset import QcSample, bin_counts
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["fast", "paper"]
+ARCHITECTURES: dict[str, str] = {"fast": FAST_ARCHITECTURE, "paper": PAPER_ARCHITECTURE}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Learning rate None: the model's default (fast 2e-3, paper 1e-5)."""
+
+    model: ModelKind
+    datasets: tuple[Path, ...]
+    out: Path
+    epochs: int = 30
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    seed: int = 0
+    holdout_family: str | None = None
+    time_budget_s: float | None = None
+    max_train: int | None = None
+    max_val: int | None = None
+    cache_dir: Path | None = None
+    init: Path | None = None
+    progress: bool = True
+    version: str = ""
+    name: str = "qc-predictor"
+    fast: FastConfig = field(default_factory=FastConfig)
+
+
+@dataclass
+class TrainResult:
+    """Where the run's files are and what it measured."""
+
+    artifact: Path
+    card: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def _subset(samples: list[QcSample], limit: int | None, seed: int) -> list[QcSample]:
+    if limit is None or limit >= len(samples):
+        return samples
+    order = np.random.default_rng(seed).permutation(len(samples))[:limit]
+    return [samples[i] for i in sorted(order)]
+
+
+def _augment(tensors: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """One random in-plane rotation by k·90° and optional flip, the same for every tensor of
+    the batch (image, segmentation and reference turn together: Dice does not change)."""
+    turns = int(torch.randint(0, 4, (1,), generator=generator))
+    flip = bool(torch.randint(0, 2, (1,), generator=generator))
+    out = []
+    for tensor in tensors:
+        tensor = torch.rot90(tensor, turns, dims=(-2, -1))
+        out.append(torch.flip(tensor, dims=(-1,)) if flip else tensor)
+    return out
+
+
+AUX_WEIGHT = 0.05
+"""Weight of the reference-estimate cross-entropy next to the Dice MSE."""
+
+
+def predict_fast_arrays(
+    model: FastQcNet, crops: NDArray[np.uint8], features: NDArray[np.float32], batch: int = 64
+) -> NDArray[np.float32]:
+    """Predictions (n, 5) of the fast model on cached uint8 crops."""
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(crops), batch):
+            crop = torch.from_numpy(crops[start : start + batch]).float().div_(255.0)
+            feats = torch.from_numpy(features[start : start + batch])
+            outputs.append(model({"crop": crop, "features": feats}).numpy())
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def _epoch_record(
+    epoch: int,
+    train_mse: float,
+    predicted: NDArray[np.floating],
+    true: NDArray[np.floating],
+    elapsed_s: float,
+) -> dict[str, Any]:
+    mae = mae_per_class(predicted, true)
+    return {
+        "epoch": epoch,
+        "train_mse": train_mse,
+        "val_mse": float(np.mean((predicted - true) ** 2)),
+        "val_mae": mae,
+        "val_mae_mean": float(np.mean(list(mae.values()))),
+        "elapsed_s": elapsed_s,
+    }
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train, select, calibrate and write the artifact, card and curve (see module docstring).
+
+    Raises:
+        ValueError: an unknown model kind or holdout family, or an empty split.
+        FileNotFoundError: no dataset at one of ``config.datasets``.
+    """
+    if config.model not in ARCHITECTURES:
+        raise ValueError(f"unknown model {config.model!r}: fast or paper")
+    torch.manual_seed(config.seed)
+    dataset = QcDatasets(config.datasets)
+    excluded = [config.holdout_family] if config.holdout_family else []
+    train_samples = balanced_split(dataset, "train", seed=config.seed, exclude_families=excluded)
+    val_samples = balanced_split(dataset, "val", seed=config.seed, exclude_families=excluded)
+    train_samples = _subset(train_samples, config.max_train, config.seed)
+    val_samples = _subset(val_samples, config.max_val, config.seed + 1)
+    logger.info(
+        "training %s on %d samples, validating on %d (excluded families: %s)",
+        config.model,
+        len(train_samples),
+        len(val_samples),
+        excluded or "none",
+    )
+    config.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    if config.model == "fast":
+        network, history, val_predicted, details = _train_fast(
+            config, dataset, train_samples, val_samples, started
+        )
+        options: dict[str, Any] = asdict(config.fast)
+    else:
+        network, history, val_predicted, details = _train_paper(
+            config, dataset, train_samples, val_samples, started
+        )
+        options = {}
+    val_true = targets_of(val_samples)
+    calibration = ConformalCalibration.fit(val_predicted, val_true)
+    best = min(history, key=lambda h: h["val_mae_mean"])
+    version = config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    card = _model_card(
+        config,
+        dataset,
+        train_samples,
+        val_samples,
+        history,
+        best,
+        calibration,
+        details,
+        version,
+        time.monotonic() - started,
+    )
+    architecture = ARCHITECTURES[config.model]
+    data = artifact_bytes(
+        network,
+        architecture=architecture,
+        calibration=calibration,
+        name=config.name,
+        version=version,
+        options=options,
+        card=card,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    artifact = config.out / f"qc-{config.model}.safetensors"
+    artifact.write_bytes(data)
+    (config.out / "model-card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    (config.out / "model-card.md").write_text(model_card_markdown(card))
+    (config.out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    training_curve_png(
+        history,
+        config.out / f"training-curve-{config.model}.png",
+        f"{config.model} QC model — {details['budget_label']}",
+    )
+    logger.info("wrote %s (%.1f MB)", artifact, len(data) / 1e6)
+    return TrainResult(artifact=artifact, card=card, history=history)
+
+
+def _train_fast(
+    config: TrainConfig,
+    dataset: QcDatasets,
+    train_samples: list[QcSample],
+    val_samples: list[QcSample],
+    started: float,
+) -> tuple[nn.Module, list[dict[str, Any]], NDArray[np.float32], dict[str, Any]]:
+    from tqdm import tqdm
+
+    cache = config.cache_dir
+    train_data = fast_arrays(
+        dataset, train_samples, cache, progress=config.progress, description="prepare train"
+    )
+    val_data = fast_arrays(
+        dataset, val_samples, cache, progress=config.progress, description="prepare val"
+    )
+    if config.init is not None:
+        # Fine-tuning: the network keeps the feature standardisation it learnt with.
+        model = _initial_fast_model(config.init, config.fast)
+    else:
+        model = FastQcNet(config.fast)
+        features = torch.from_numpy(train_data.features)
+        model.set_feature_statistics(features.mean(dim=0), features.std(dim=0))
+    batch_size = config.batch_size or 32
+    learning_rate = config.learning_rate or 2e-3
+    steps_per_epoch = math.ceil(len(train_samples) / batch_size)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser,
+        max_lr=learning_rate,
+        total_steps=config.epochs * steps_per_epoch,
+        pct_start=0.15,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    order_rng = np.random.default_rng(config.seed)
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_mae = math.inf
+    stopped = "epochs"
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = order_rng.permutation(len(train_samples))
+        losses = []
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not config.progress,
+            unit="batch",
+        )
+        for step in bar:
+            index = np.sort(order[step * batch_size : (step + 1) * batch_size])
+            crop = torch.from_numpy(train_data.crops[index]).float().div_(255.0)
+            reference = torch.from_numpy(train_data.references[index]).float().div_(255.0)
+            crop, reference = _augment([crop, reference], generator)
+            batch = {"crop": crop, "features": torch.from_numpy(train_data.features[index])}
+            target = torch.from_numpy(train_data.targets[index])
+            output, logits = model.forward_with_aux(batch)
+            mse = torch.mean((output - target) ** 2)
+            loss = mse
+            if logits is not None:
+                cross_entropy = -(reference * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+                loss = mse + AUX_WEIGHT * cross_entropy
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(mse.item())
+            bar.set_postfix(mse=f"{np.mean(losses[-50:]):.4f}")
+        val_predicted = predict_fast_arrays(model, val_data.crops, val_data.features)
+        record = _epoch_record(
+            epoch,
+            float(np.mean(losses)),
+            val_predicted,
+            val_data.targets,
+            time.monotonic() - started,
+        )
+        history.append(record)
+        logger.info(
+            "epoch %d: train MSE %.4f, val MAE %s (mean %.4f)",
+            epoch,
+            record["train_mse"],
+            {k: round(v, 4) for k, v in record["val_mae"].items()},
+            record["val_mae_mean"],
+        )
+        if record["val_mae_mean"] < best_mae:
+            best_mae = record["val_mae_mean"]
+            best_state = copy.deepcopy(model.state_dict())
+        if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
+            stopped = "time budget"
+            break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    val_predicted = predict_fast_arrays(model, val_data.crops, val_data.features)
+    details = {
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "optimiser": "AdamW(weight_decay=1e-4), one-cycle schedule (15% warm-up)",
+        "augmentation": "in-plane rot90 x k and horizontal flip, per batch",
+        "auxiliary": (
+            f"reference estimate at 28 x 28, soft cross-entropy x {AUX_WEIGHT}"
+            if config.fast.aux
+            else "none"
+        ),
+        "stopped_by": stopped,
+        "budget_label": f"{len(history)} epochs, {len(train_samples)} training cases",
+        "cache_dir": str(cache or "default"),
+        "initialised_from": str(config.init) if config.init else "random (seeded)",
+    }
+    return model, history, val_predicted, details
+
+
+def _initial_fast_model(path: Path, config: FastConfig) -> FastQcNet:
+    """The fast network of an artifact, to fine-tune.
+
+    Raises:
+        ValueError: the artifact is not a fast model with the configured widths.
+    """
+    from cmrqc_qc_predictor.artifact import load_artifact_file
+
+    loaded = load_artifact_file(path)
+    network = loaded.network
+    if not isinstance(network, FastQcNet) or network.config != config:
+        raise ValueError(f"{path} is not a fast model with configuration {config}")
+    return network
+
+
+def _paper_batch(
+    dataset: QcDatasets, samples: list[QcSample], scan_cache: dict[str, object]
+) -> torch.Tensor:
+    return torch.stack([prepare_sample(dataset, s, scan_cache).tensor for s in samples])
+
+
+def predict_paper_samples(
+    model: PaperResNet3d, dataset: QcDatasets, samples: list[QcSample], batch_size: int = 2
+) -> NDArray[np.float32]:
+    """Predictions (n, 5) of the paper model, inputs prepared on the fly."""
+    model.eval()
+    outputs = []
+    scan_cache: dict[str, object] = {}
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            grid = _paper_batch(dataset, samples[start : start + batch_size], scan_cache)
+            outputs.append(model({"grid": grid}).numpy())
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def _train_paper(
+    config: TrainConfig,
+    dataset: QcDatasets,
+    train_samples: list[QcSample],
+    val_samples: list[QcSample],
+    started: float,
+) -> tuple[nn.Module, list[dict[str, Any]], NDArray[np.float32], dict[str, Any]]:
+    from tqdm import tqdm
+
+    model = PaperResNet3d()
+    batch_size = config.batch_size or 2
+    learning_rate = config.learning_rate or 1e-5
+    optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    # Keras' "decay" (the paper: 0.005): lr_t = lr / (1 + decay * t), t = updates so far.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 / (1 + 0.005 * step))
+    val_true = targets_of(val_samples)
+    targets = targets_of(train_samples)
+    order_rng = np.random.default_rng(config.seed)
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_mae = math.inf
+    stopped = "epochs"
+    scan_cache: dict[str, object] = {}
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = order_rng.permutation(len(train_samples))
+        losses = []
+        steps = math.ceil(len(order) / batch_size)
+        bar = tqdm(
+            range(steps),
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not config.progress,
+            unit="batch",
+        )
+        for step in bar:
+            index = order[step * batch_size : (step + 1) * batch_size]
+            grid = _paper_batch(dataset, [train_samples[i] for i in index], scan_cache)
+            loss = torch.mean((model({"grid": grid}) - torch.from_numpy(targets[index])) ** 2)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(mse=f"{np.mean(losses[-20:]):.4f}")
+            if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
+                stopped = "time budget"
+                break
+        predicted = predict_paper_samples(model, dataset, val_samples, batch_size)
+        record = _epoch_record(
+            epoch, float(np.mean(losses)), predicted, val_true, time.monotonic() - started
+        )
+        record["train_batches"] = len(losses)
+        history.append(record)
+        logger.info(
+            "epoch %d: train MSE %.4f, val MAE mean %.4f",
+            epoch,
+            record["train_mse"],
+            record["val_mae_mean"],
+        )
+        if record["val_mae_mean"] < best_mae:
+            best_mae = record["val_mae_mean"]
+            best_state = copy.deepcopy(model.state_dict())
+        if stopped == "time budget":
+            break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    val_predicted = predict_paper_samples(model, dataset, val_samples, batch_size)
+    seen = sum(h["train_batches"] for h in history) * batch_size
+    details = {
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "optimiser": "Adam, Keras time decay 0.005 per update",
+        "augmentation": "none (as the paper)",
+        "stopped_by": stopped,
+        "budget_label": (
+            f"CPU budget run: {len(history)} epoch(s), {seen} training cases seen — "
+            "NOT trained to convergence"
+        ),
+    }
+    return model, history, val_predicted, details
+
+
+def _model_card(
+    config: TrainConfig,
+    dataset: QcDatasets,
+    train_samples: list[QcSample],
+    val_samples: list[QcSample],
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    calibration: ConformalCalibration,
+    details: dict[str, Any],
+    version: str,
+    wall_s: float,
+) -> dict[str, Any]:
+    families = sorted({s.family for s in dataset.samples})
+    return {
+        "model": config.model,
+        "architecture": ARCHITECTURES[config.model],
+        "name": config.name,
+        "version": version,
+        "data": {
+            "dataset": ", ".join(str(path) for path in config.datasets),
+            "dataset_samples": len(dataset.samples),
+            "families_in_dataset": families,
+            "holdout_family": config.holdout_family,
+            "train_cases": len(train_samples),
+            "val_cases": len(val_samples),
+            "train_scans": len({s.scan_id for s in train_samples}),
+            "val_scans": len({s.scan_id for s in val_samples}),
+            "train_wh_bins": bin_counts(train_samples),
+            "train_target_mean": dict(
+                zip(OUTPUT_CLASSES, map(float, targets_of(train_samples).mean(axis=0)), strict=True)
+            ),
+            "val_wh_bins": bin_counts(val_samples),
+            "balancing": "per split, each WH DSC bin capped at the split's median bin count",
+            "split": "by scan via QC_TRAIN / QC_VAL / QC_TEST seed ranges",
+        },
+        "training": {
+            "seed": config.seed,
+            "epochs_requested": config.epochs,
+            "epochs_run": len(history),
+            "selected_epoch": best["epoch"],
+            "loss": "MSE on the 5 Dice values",
+            "wall_s": round(wall_s, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "max_train": config.max_train,
+            "max_val": config.max_val,
+            "time_budget_s": config.time_budget_s,
+            **details,
+        },
+        "inputs": {
+            "features": list(FEATURE_NAMES) if config.model == "fast" else [],
+        },
+        "validation": {
+            "mae": best["val_mae"],
+            "mae_mean": best["val_mae_mean"],
+        },
+        "conformal": {
+            "calibration_cases": calibration.size,
+            "half_width_90": dict(
+                zip(OUTPUT_CLASSES, map(float, calibration.half_widths(0.9)), strict=True)
+            ),
+        },
+    }
+
+
+def model_card_markdown(card: dict[str, Any]) -> str:
+    """The model card as Markdown (a human-readable view of ``model-card.json``)."""
+    data, training = card["data"], card["training"]
+    lines = [
+        f"# Model card: QC predictor `{card['model']}` ({card['architecture']})",
+        "",
+        f"Version `{card['version']}`. Predicts the Dice of a cardiac MR segmentation per class "
+        "(BG, LV, LVM, RVC, WH) from the image and the segmentation, without ground truth "
+        "(Robinson et al. 2018), with split-conformal intervals.",
+        "",
+        "## Data",
+        "",
+        f"* Dataset: `{data['dataset']}` ({data['dataset_samples']} samples; families "
+        f"{', '.join(data['families_in_dataset'])}; held out: {data['holdout_family'] or 'none'}).",
+        f"* Split {data['split']}; {data['balancing']}.",
+        f"* Training: {data['train_cases']} cases from {data['train_scans']} scans, WH bins "
+        f"{data['train_wh_bins']}.",
+        f"* Validation / calibration: {data['val_cases']} cases from {data['val_scans']} scans, "
+        f"WH bins {data['val_wh_bins']}.",
+        "",
+        "## Training",
+        "",
+        f"* Seed {training['seed']}; {training['epochs_run']} of {training['epochs_requested']} "
+        f"epochs run ({training['stopped_by']}); epoch {training['selected_epoch']} selected "
+        "by mean validation MAE.",
+        f"* {training['loss']}; {training['optimiser']}; batch {training['batch_size']}; "
+        f"learning rate {training['learning_rate']}; augmentation: {training['augmentation']}.",
+        f"* {training['budget_label']}; wall time {training['wall_s']} s on "
+        f"{training['threads']} CPU thread(s), torch {training['torch']}.",
+        "",
+        "## Validation (selected epoch)",
+        "",
+        "| class | MAE | 90% interval half-width |",
+        "|---|---|---|",
+    ]
+    for name in OUTPUT_CLASSES:
+        lines.append(
+            f"| {name} | {card['validation']['mae'][name]:.4f} | "
+            f"{card['conformal']['half_width_90'][name]:.4f} |"
+        )
+    lines += [
+        "",
+        f"Conformal calibration: {card['conformal']['calibration_cases']} validation cases.",
+        "Test-split figures (Table 1, coverage) come from `cmrqc evaluate qc` and are kept in "
+        "the service's docs.",
+        "",
+    ]
+    return "\n".join(lines)

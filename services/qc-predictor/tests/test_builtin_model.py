@@ -1,0 +1,62 @@
+"""The committed fast model: loads safely and beats predicting the training mean on cases
+it never saw (subjects from the QC test seed range that no dataset uses)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmrqc_qc_predictor.artifact import BUILTIN_FAST, load_artifact_file
+from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
+from cmrqc_qc_predictor.devdata import DevDatasetPlan, scan_samples
+from cmrqc_qc_predictor.models import FAST_ARCHITECTURE
+from cmrqc_qc_predictor.predictor import Case, predict_cases
+from cmrqc_shared.datasets.splits import QC_TEST
+from cmrqc_shared.metrics import dice_per_class
+from cmrqc_shared.synth import render_study
+
+UNSEEN_SUBJECTS = (QC_TEST.start + 900, QC_TEST.start + 901)
+"""Test-range subjects beyond the dev dataset's first 40: never trained, calibrated or tuned on."""
+
+
+@pytest.fixture(scope="module")
+def held_out() -> tuple[list[Case], np.ndarray]:
+    cases, truth = [], []
+    for seed in UNSEEN_SUBJECTS:
+        phase = render_study(seed, phases=("ED",)).phase("ED")
+        samples = scan_samples(
+            seed, "ED", phase.image, phase.labels, phase.pixel_spacing_mm, DevDatasetPlan()
+        )
+        for _, _, segmentation, _ in samples:
+            cases.append(
+                Case(phase.image, segmentation, phase.pixel_spacing_mm, phase.slice_spacing_mm)
+            )
+            scores = dice_per_class(segmentation, phase.labels)
+            truth.append([scores.get(name) for name in OUTPUT_CLASSES])
+    return cases, np.array(truth)
+
+
+def test_the_committed_fast_model_loads_with_its_calibration_and_card() -> None:
+    model = load_artifact_file(BUILTIN_FAST)
+    assert model.architecture == FAST_ARCHITECTURE
+    assert model.calibration.size >= 100
+    assert set(model.card["data"]["train_target_mean"]) == set(OUTPUT_CLASSES)
+    assert BUILTIN_FAST.stat().st_size < 5_000_000
+
+
+def test_the_committed_fast_model_beats_the_training_mean_on_unseen_cases(
+    held_out: tuple[list[Case], np.ndarray],
+) -> None:
+    cases, truth = held_out
+    model = load_artifact_file(BUILTIN_FAST)
+    predictions = predict_cases(model, cases)
+    predicted = np.array([[p.dsc[name] for name in OUTPUT_CLASSES] for p in predictions])
+    mean = model.card["data"]["train_target_mean"]
+    baseline = np.array([mean[name] for name in OUTPUT_CLASSES])
+    model_mae = np.abs(predicted - truth).mean(axis=0)
+    baseline_mae = np.abs(baseline - truth).mean(axis=0)
+    wh = OUTPUT_CLASSES.index("WH")
+    print(f"MAE model {model_mae.round(3)} vs training mean {baseline_mae.round(3)}")
+    assert len(cases) >= 20
+    assert model_mae[wh] < 0.5 * baseline_mae[wh]
+    assert model_mae.mean() < 0.6 * baseline_mae.mean()

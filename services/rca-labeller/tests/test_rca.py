@@ -1,0 +1,73 @@
+"""RCA estimates: high for good segmentations, low for bad ones, without ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmrqc_rca_labeller.engine import EngineConfig, ReferenceBank
+from cmrqc_rca_labeller.rca import RcaEstimator
+from cmrqc_rca_labeller.volume import CardiacVolume
+from cmrqc_shared.datasets.splits import QC_TEST
+from cmrqc_shared.metrics import dice_per_class
+from cmrqc_shared.qcdata.corruptions import erode, shift
+from cmrqc_shared.synth import render_study
+
+
+@pytest.fixture(scope="module")
+def scan() -> tuple[CardiacVolume, np.ndarray]:
+    phase = render_study(QC_TEST.start + 10, phases=("ED",)).phase("ED")
+    return CardiacVolume(phase.image, phase.affine), phase.labels
+
+
+@pytest.fixture(scope="module")
+def estimator(small_bank: ReferenceBank, fast_config: EngineConfig) -> RcaEstimator:
+    return RcaEstimator(small_bank, fast_config)
+
+
+def test_rca_of_the_true_segmentation_scores_high(
+    estimator: RcaEstimator, scan: tuple[CardiacVolume, np.ndarray]
+) -> None:
+    image, truth = scan
+
+    result = estimator.estimate(image, truth)
+
+    assert result.estimated_dsc.WH > 0.85
+    assert result.estimated_dsc.LV > 0.8
+    assert result.top_k_mean_dsc.WH <= result.estimated_dsc.WH
+    assert result.references_registered == 4 and result.references_screened == 6
+    assert result.top_references[0].dsc.WH == result.estimated_dsc.WH
+
+
+def test_rca_of_a_badly_corrupted_segmentation_scores_low(
+    estimator: RcaEstimator, scan: tuple[CardiacVolume, np.ndarray]
+) -> None:
+    image, truth = scan
+    rng = np.random.default_rng(3)
+    bad, _ = shift(truth, rng, 1.0)  # moved by ~15 pixels
+    bad, _ = erode(bad, rng, 1.0)
+    true_wh = dice_per_class(bad, truth).WH
+    assert true_wh < 0.55  # the corruption really is bad
+
+    result = estimator.estimate(image, bad)
+
+    assert result.estimated_dsc.WH < 0.65
+    assert abs(result.estimated_dsc.WH - true_wh) < 0.15
+
+
+def test_an_empty_segmentation_gets_no_heart_overlap(
+    estimator: RcaEstimator, scan: tuple[CardiacVolume, np.ndarray]
+) -> None:
+    image, truth = scan
+
+    result = estimator.estimate(image, np.zeros_like(truth))
+
+    assert result.estimated_dsc.WH == 0.0 and result.estimated_dsc.LV == 0.0
+
+
+def test_a_segmentation_on_another_grid_is_rejected(
+    estimator: RcaEstimator, scan: tuple[CardiacVolume, np.ndarray]
+) -> None:
+    image, truth = scan
+    with pytest.raises(ValueError, match="shape"):
+        estimator.estimate(image, truth[:, :-1])
