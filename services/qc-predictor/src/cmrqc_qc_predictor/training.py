@@ -24,7 +24,7 @@ import logging
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -159,6 +159,9 @@ def train(config: TrainConfig) -> TrainResult:
     if config.model not in ARCHITECTURES:
         raise ValueError(f"unknown model {config.model!r}: fast or paper")
     torch.manual_seed(config.seed)
+    if config.model == "fast" and config.init is not None:
+        # Fine-tuning keeps the initial artifact's architecture options (widths, aux).
+        config = replace(config, fast=_initial_fast_model(config.init).config)
     dataset = QcDatasets(config.datasets)
     excluded = [config.holdout_family] if config.holdout_family else []
     train_samples = balanced_split(dataset, "train", seed=config.seed, exclude_families=excluded)
@@ -243,7 +246,7 @@ def _train_fast(
     )
     if config.init is not None:
         # Fine-tuning: the network keeps the feature standardisation it learnt with.
-        model = _initial_fast_model(config.init, config.fast)
+        model = _initial_fast_model(config.init)
     else:
         model = FastQcNet(config.fast)
         features = torch.from_numpy(train_data.features)
@@ -337,18 +340,18 @@ def _train_fast(
     return model, history, val_predicted, details
 
 
-def _initial_fast_model(path: Path, config: FastConfig) -> FastQcNet:
+def _initial_fast_model(path: Path) -> FastQcNet:
     """The fast network of an artifact, to fine-tune.
 
     Raises:
-        ValueError: the artifact is not a fast model with the configured widths.
+        ValueError: the artifact is not a fast model.
     """
     from cmrqc_qc_predictor.artifact import load_artifact_file
 
     loaded = load_artifact_file(path)
     network = loaded.network
-    if not isinstance(network, FastQcNet) or network.config != config:
-        raise ValueError(f"{path} is not a fast model with configuration {config}")
+    if not isinstance(network, FastQcNet):
+        raise ValueError(f"{path} is not a fast model")
     return network
 
 
