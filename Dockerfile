@@ -10,7 +10,11 @@ COPY . /src
 RUN uv sync --frozen --no-dev --no-editable --package "${PACKAGE}"
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 cmrqc
+# The state directories exist in the image, owned by the service user, so that a named volume
+# mounted there (compose) starts out writable by it; on Kubernetes fsGroup 10001 does the same.
+RUN useradd --system --uid 10001 cmrqc \
+    && mkdir -p /var/lib/cmrqc/ingest-spool /var/cache/cmrqc/rca-references \
+    && chown -R cmrqc:cmrqc /var/lib/cmrqc /var/cache/cmrqc
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 USER cmrqc

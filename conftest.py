@@ -27,13 +27,40 @@ def infra() -> dict[str, str]:
     return {"bootstrap_servers": cluster.bootstrap_servers, "redis_url": redis_url()}
 
 
+def _delete_test_topics(bootstrap_servers: str, prefix: str) -> None:
+    """Delete the topics under ``prefix`` (best effort): thousands of leftover test topics
+    make the local broker slow to restart and to answer metadata requests."""
+    from kafka.admin import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="test-cleanup")
+    except Exception:  # the broker is gone (a test stopped it): nothing to clean
+        return
+    try:
+        names = [name for name in admin.list_topics() if name.startswith(prefix)]
+        if names:
+            admin.delete_topics(names, timeout_ms=30_000)
+    except Exception:  # cleanup must never fail a test
+        pass
+    finally:
+        admin.close()
+
+
+@pytest.fixture(scope="session", autouse=False)
+def _clean_leftover_test_topics(infra: dict[str, str]) -> None:
+    _delete_test_topics(infra["bootstrap_servers"], "test-")
+
+
 @pytest.fixture
-def kafka(infra: dict[str, str]) -> KafkaSettings:
-    """Kafka settings whose topic namespace is unique to this test."""
-    return KafkaSettings(
+def kafka(infra: dict[str, str], _clean_leftover_test_topics: None) -> Iterator[KafkaSettings]:
+    """Kafka settings whose topic namespace is unique to this test (its topics are deleted
+    afterwards)."""
+    settings = KafkaSettings(
         bootstrap_servers=infra["bootstrap_servers"],
         topic_namespace=f"test-{uuid.uuid4().hex[:10]}.",
     )
+    yield settings
+    _delete_test_topics(settings.bootstrap_servers, settings.topic_namespace)
 
 
 @pytest.fixture

@@ -41,6 +41,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     simulate.add_argument("--json", action="store_true", help="print a JSON summary")
     simulate.set_defaults(handler=_simulate)
 
+    demo = subparsers.add_parser(
+        "demo", help="the whole pipeline on local defaults: PACS push in, QC results out"
+    )
+    demo.add_argument("--studies", type=int, default=4)
+    demo.add_argument("--rate", type=float, default=0.5, help="studies per second")
+    demo.add_argument("--with-rca", action="store_true", help="also run the RCA labeller")
+    demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for results")
+    demo.add_argument(
+        "--seed-start", type=int, default=None, help="default: after the last demo run's seeds"
+    )
+    demo.add_argument("--json", action="store_true", help="print a JSON summary")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cmrqc_cli.demo import print_summary, run_demo
+
+    summary = run_demo(
+        studies=args.studies,
+        rate_per_s=args.rate,
+        with_rca=args.with_rca,
+        timeout_s=args.timeout,
+        as_json=args.json,
+        seed_start=args.seed_start,
+    )
+    print_summary(summary, args.json)
+    complete = summary["qc_results"] == summary["expected_results"]
+    clean_exit = all(code == 0 for code in summary["service_exit_codes"].values())
+    return 0 if complete and clean_exit and not summary["studies_failed_to_send"] else 1
+
 
 def _seed_range_name(seed: int) -> str:
     owner: SeedRange | None = next((r for r in ALL_RANGES if seed in r), None)
