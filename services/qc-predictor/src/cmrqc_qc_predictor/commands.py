@@ -33,6 +33,11 @@ def _emit(text: str) -> None:
 
 
 def _training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-aux",
+        action="store_true",
+        help="fast: without the reference-estimate head (the committed model has none)",
+    )
     parser.add_argument("--model", choices=("fast", "paper"), default="fast")
     parser.add_argument("--epochs", type=int, default=None, help="fast: 30, paper: 2")
     parser.add_argument("--batch-size", type=int, default=None, help="fast: 32, paper: 2")
@@ -129,6 +134,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _train_config(args: argparse.Namespace, out: Path, holdout: str | None) -> Any:
+    from cmrqc_qc_predictor.models import FastConfig
     from cmrqc_qc_predictor.training import TrainConfig
 
     return TrainConfig(
@@ -146,6 +152,7 @@ def _train_config(args: argparse.Namespace, out: Path, holdout: str | None) -> A
         cache_dir=args.cache_dir,
         init=args.init,
         version=args.version,
+        fast=FastConfig(aux=not args.no_aux),
     )
 
 

@@ -67,7 +67,7 @@ def run_rca_benchmark(
     torch_seconds: list[float] = []
     torch_cpu: list[float] = []
     stages: dict[str, list[float]] = {}
-    baseline: list[dict[str, float]] = []
+    baseline: list[dict[str, float | str]] = []
     for index in range(max(cases, baseline_pairs)):
         if index < cases:
             case = test_cases[1 + index]
@@ -86,10 +86,23 @@ def run_rca_benchmark(
 
             case = test_cases[1 + index % cases] if cases else warm
             reference_id, reference = raw_references[index]
-            pair = register_pair(case.image, case.segmentation, reference, threads=threads)
+            pair_started = time.perf_counter()
+            try:
+                pair = register_pair(case.image, case.segmentation, reference, threads=threads)
+            except RuntimeError as error:  # ITK gives up (e.g. no overlap): it still cost time
+                elapsed = time.perf_counter() - pair_started
+                baseline.append(
+                    {
+                        "reference": reference_id,
+                        "seconds": elapsed,
+                        "failed": str(error).strip().splitlines()[-1][:200],
+                    }
+                )
+                say(f"baseline pair {index + 1}/{baseline_pairs}: failed after {elapsed:.1f} s")
+                continue
             baseline.append(
                 {
-                    "reference": reference_id,  # type: ignore[dict-item]
+                    "reference": reference_id,
                     "seconds": pair.seconds,
                     "affine_seconds": pair.affine_seconds,
                     "bspline_seconds": pair.bspline_seconds,
