@@ -83,6 +83,13 @@ def register(subparsers: SubParsers) -> None:
     ev.add_argument(
         "--example-png", type=Path, default=None, help="also draw one case's best references"
     )
+    ev.add_argument(
+        "--fit-calibration",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --split val: fit the monotone correction of the estimate and write it here",
+    )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     _add_reference_options(ev)
     ev.set_defaults(handler=_evaluate)
@@ -103,6 +110,7 @@ def register(subparsers: SubParsers) -> None:
 def _estimator(args: argparse.Namespace, progress: bool = True):  # type: ignore[no-untyped-def]
     import torch
 
+    from cmrqc_rca_labeller.calibration import calibration_for
     from cmrqc_rca_labeller.engine import EngineConfig, ReferenceBank
     from cmrqc_rca_labeller.rca import RcaEstimator
     from cmrqc_rca_labeller.references import load_reference_set
@@ -116,9 +124,9 @@ def _estimator(args: argparse.Namespace, progress: bool = True):  # type: ignore
     if args.max_references:
         options["refine_keep"] = args.max_references
     config = EngineConfig(**options)  # type: ignore[arg-type]
-    return RcaEstimator(ReferenceBank.build(reference_set.references, config), config), (
-        reference_set
-    )
+    calibration = calibration_for(reference_set.content_hash)
+    bank = ReferenceBank.build(reference_set.references, config)
+    return RcaEstimator(bank, config, calibration), reference_set
 
 
 def _rca(args: argparse.Namespace) -> int:
@@ -146,11 +154,14 @@ def _rca(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cmrqc_rca_labeller.evaluation import run_evaluation
+    from cmrqc_rca_labeller.evaluation import fit_calibration, run_evaluation
     from cmrqc_shared.datasets.splits import QC_TEST, QC_VAL
 
+    if args.fit_calibration and args.split != "val":
+        _complain("--fit-calibration needs --split val: never fit on the test split")
+        return 2
     estimator, reference_set = _estimator(args)
-    summary, _ = run_evaluation(
+    summary, results = run_evaluation(
         estimator,
         args.scans,
         out_dir=args.out,
@@ -159,6 +170,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         split=QC_VAL if args.split == "val" else QC_TEST,
     )
     summary = {"reference_set": reference_set.content_hash, **summary}
+    if args.fit_calibration:
+        calibration = fit_calibration(
+            results,
+            reference_set=reference_set.content_hash,
+            fitted_on=f"QC_VAL, {args.scans} scans, {len(results)} cases",
+        )
+        calibration.save(args.fit_calibration)
+        summary["calibration_written"] = str(args.fit_calibration)
     if args.example_png:
         from cmrqc_rca_labeller.evaluation import evaluation_cases, write_example_png
 

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from cmrqc_rca_labeller.calibration import RcaCalibration
 from cmrqc_rca_labeller.engine import CLASS_NAMES
 from cmrqc_rca_labeller.rca import RcaEstimator
 from cmrqc_rca_labeller.volume import CardiacVolume
@@ -99,6 +100,7 @@ class CaseResult:
     rca_dsc: dict[str, float]
     top_k_mean_dsc: dict[str, float]
     seconds: float
+    calibrated_dsc: dict[str, float] | None = None
 
 
 def _mae(results: list[CaseResult], field: str) -> dict[str, float]:
@@ -134,7 +136,40 @@ def summarise(results: list[CaseResult], threshold: float = 0.7) -> dict[str, ob
         "wh_false_fail": int(np.sum(~rca_pass & truth_pass)),
         "true_pass_fraction": float(np.mean(truth_pass)),
         "seconds_per_case_mean": float(np.mean([r.seconds for r in results])),
+        **_calibrated_summary(results, truth_pass, threshold),
     }
+
+
+def _calibrated_summary(
+    results: list[CaseResult], truth_pass: NDArray[np.bool_], threshold: float
+) -> dict[str, object]:
+    """MAE and WH accuracy of the calibrated estimate, when every case has one."""
+    if not results or any(r.calibrated_dsc is None for r in results):
+        return {}
+    calibrated_pass = np.array(
+        [r.calibrated_dsc["WH"] >= threshold for r in results if r.calibrated_dsc]
+    )
+    return {
+        "mae_calibrated": _mae(results, "calibrated_dsc"),
+        "wh_accuracy_calibrated": float(np.mean(truth_pass == calibrated_pass)),
+    }
+
+
+def fit_calibration(
+    results: list[CaseResult], *, reference_set: str, fitted_on: str
+) -> RcaCalibration:
+    """The monotone correction of the raw estimate (max over references) on ``results``
+    (validation cases only: a calibration fitted on the test split would be reported on the
+    data it was fitted to)."""
+    raw = {name: np.array([r.rca_dsc[name] for r in results]) for name in CLASS_NAMES}
+    true = {name: np.array([r.true_dsc[name] for r in results]) for name in CLASS_NAMES}
+    return RcaCalibration.fit(raw, true, reference_set=reference_set, fitted_on=fitted_on)
+
+
+def read_cases(path: Path) -> list[CaseResult]:
+    """The ``cases.jsonl`` an evaluation wrote."""
+    with open(path) as handle:
+        return [CaseResult(**json.loads(line)) for line in handle if line.strip()]
 
 
 def run_evaluation(
@@ -162,6 +197,9 @@ def run_evaluation(
                 rca_dsc=estimate.estimated_dsc.model_dump(),
                 top_k_mean_dsc=estimate.top_k_mean_dsc.model_dump(),
                 seconds=estimate.seconds,
+                calibrated_dsc=(
+                    estimate.calibrated_dsc.model_dump() if estimate.calibrated_dsc else None
+                ),
             )
         )
     summary = summarise(results, threshold)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from cmrqc_rca_labeller.calibration import RcaCalibration
 from cmrqc_rca_labeller.engine import (
     CLASS_NAMES,
     EngineConfig,
@@ -85,12 +86,15 @@ class RcaResult:
     pose: Pose
     stage_seconds: dict[str, float]
     fields: list[ReferenceField]
+    calibrated_dsc: ClassScores | None = None
+    """``estimated_dsc`` through the reference set's monotone correction (``calibration``)."""
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready summary (what ``cmrqc rca`` prints)."""
         return {
             "estimated_dsc": self.estimated_dsc.model_dump(),
             "top_k_mean_dsc": self.top_k_mean_dsc.model_dump(),
+            "calibrated_dsc": self.calibrated_dsc.model_dump() if self.calibrated_dsc else None,
             "top_references": [r.model_dump() for r in self.top_references],
             "references_screened": self.references_screened,
             "references_registered": self.references_registered,
@@ -104,11 +108,18 @@ class RcaEstimator:
     Args:
         bank: the prepared reference set (``ReferenceBank.build``).
         config: engine settings; its ``device`` should match the bank's.
+        calibration: the reference set's monotone correction (``calibration_for``), if any.
     """
 
-    def __init__(self, bank: ReferenceBank, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        bank: ReferenceBank,
+        config: EngineConfig | None = None,
+        calibration: RcaCalibration | None = None,
+    ) -> None:
         self.bank = bank
         self.config = config or EngineConfig()
+        self.calibration = calibration
 
     def estimate(
         self,
@@ -219,8 +230,9 @@ class RcaEstimator:
                 )
         k = min(config.top_k, dice.shape[0])
         top_mean = dice.sort(0, descending=True).values[:k].mean(0)
+        estimated = _scores(dice.max(0).values)
         result = RcaResult(
-            estimated_dsc=_scores(dice.max(0).values),
+            estimated_dsc=estimated,
             top_k_mean_dsc=_scores(top_mean),
             top_references=per_reference[:top_references],
             per_reference=per_reference,
@@ -230,6 +242,7 @@ class RcaEstimator:
             pose=pose,
             stage_seconds=stages,
             fields=fields,
+            calibrated_dsc=self.calibration.apply(estimated) if self.calibration else None,
         )
         logger.debug(
             "rca estimate",

@@ -36,6 +36,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from cmrqc_rca_labeller import __version__
+from cmrqc_rca_labeller.calibration import calibration_for
 from cmrqc_rca_labeller.engine import EngineConfig, ReferenceBank
 from cmrqc_rca_labeller.priority import qc_priority_cost
 from cmrqc_rca_labeller.queue import CaseQueue, ClaimedCase
@@ -132,6 +133,7 @@ class RcaLabeller:
             cardiac_phase=event.cardiac_phase,
             estimated_dsc=result.estimated_dsc,
             top_k_mean_dsc=result.top_k_mean_dsc,
+            calibrated_dsc=result.calibrated_dsc,
             top_references=result.top_references,
             reference_set=self.reference_set.content_hash,
             references_used=result.references_registered,
@@ -374,7 +376,9 @@ class RcaLabellerService:
         )
         config = engine_config(settings)
         self.bank = ReferenceBank.build(self.reference_set.references, config)
-        estimator = RcaEstimator(self.bank, config)
+        estimator = RcaEstimator(
+            self.bank, config, calibration_for(self.reference_set.content_hash)
+        )
         self.blobs = open_blob_store(
             settings.blobs.resolved_url(), ttl_seconds=settings.blobs.ttl_seconds
         )

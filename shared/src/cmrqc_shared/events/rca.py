@@ -33,6 +33,13 @@ class RcaLabel(Event):
     cardiac_phase: CardiacPhase
     estimated_dsc: ClassScores = Field(description="Maximum over references.")
     top_k_mean_dsc: ClassScores | None = Field(default=None, description="Mean of the top k.")
+    calibrated_dsc: ClassScores | None = Field(
+        default=None,
+        description=(
+            "estimated_dsc through a monotone correction fitted on a validation split for this "
+            "reference set (absent when the reference set has none)."
+        ),
+    )
     top_references: list[ReferenceScore] = Field(default_factory=list)
     reference_set: str = Field(description="Identifier (hash) of the reference set used.")
     references_used: int = Field(ge=1)
