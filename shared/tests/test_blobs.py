@@ -118,3 +118,26 @@ def test_garbage_collection_removes_only_old_blobs(tmp_path: Path) -> None:
 def test_an_unknown_store_url_is_a_configuration_error() -> None:
     with pytest.raises(BlobStoreConfigError, match="unsupported"):
         open_blob_store("s3://bucket/blobs")
+
+
+def test_a_retained_redis_blob_never_expires_even_when_put_again(redis_url: str) -> None:
+    store = RedisBlobStore(redis_url, ttl_seconds=120, key_prefix="test:retain:")
+    client = redis.Redis.from_url(redis_url)
+    ref = store.put(b"model weights", MediaType.SAFETENSORS, retain=True)
+    key = f"test:retain:{ref.sha256}"
+    assert client.ttl(key) == -1  # no expiry
+    store.put(b"model weights")  # the same bytes put by someone else, without retain
+    assert client.ttl(key) == -1
+    assert 0 < client.ttl(f"test:retain:{store.put(b'a volume').sha256}") <= 120
+    client.delete(key)
+
+
+def test_garbage_collection_keeps_retained_blobs(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    kept, dropped = store.put(b"model", retain=True), store.put(b"volume")
+    past = time.time() - 10 * 86400
+    for ref in (kept, dropped):
+        path = next(p for p in tmp_path.rglob(ref.sha256 + "*") if p.name == ref.sha256)
+        os.utime(path, (past, past))
+    assert store.garbage_collect(older_than_s=86400) == 1
+    assert store.exists(kept.sha256) and not store.exists(dropped.sha256)

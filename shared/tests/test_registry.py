@@ -47,6 +47,14 @@ def test_versions_are_numbered_in_order_and_keep_their_metadata(registry: ModelR
     assert registry.get("qc", 2).artifact.sha256 == second.artifact.sha256
 
 
+def test_registered_artifacts_do_not_expire_like_ordinary_blobs(
+    registry: ModelRegistry, redis_url: str
+) -> None:
+    entry = registry.register("qc", b"weights", architecture="a", metrics={}, provenance={})
+    keys = redis.Redis.from_url(redis_url).keys(f"*{entry.artifact.sha256}")
+    assert keys and all(redis.Redis.from_url(redis_url).ttl(key) == -1 for key in keys)
+
+
 def test_promotion_announces_the_model_and_a_roll_back_announces_the_old_one(
     registry: ModelRegistry, kafka: KafkaSettings
 ) -> None:

@@ -102,7 +102,7 @@ class ModelRegistry:
         media_type: str = MediaType.SAFETENSORS,
     ) -> ModelVersion:
         """Store the artifact and record a new version (state ``registered``)."""
-        ref = self._blobs.put(artifact, media_type)
+        ref = self._blobs.put(artifact, media_type, retain=True)
         version = int(self._redis.incr(f"{self._prefix}{name}:counter"))
         entry = ModelVersion(
             name, version, ref, architecture, metrics, provenance, utc_now(), "registered"

@@ -287,7 +287,7 @@ def _publish(args: argparse.Namespace) -> int:
     model = load_artifact(data)  # refuse to announce what the service would refuse to load
     settings = QcPredictorSettings()
     store = open_blob_store(settings.blobs.resolved_url(), ttl_seconds=settings.blobs.ttl_seconds)
-    ref = store.put(data, MediaType.SAFETENSORS)
+    ref = store.put(data, MediaType.SAFETENSORS, retain=True)
     event = ModelPublished.create(
         derived_from=(args.name, args.version, ref.sha256),
         producer=ProducerInfo(service="cmrqc-cli", version="0"),

@@ -53,6 +53,10 @@ class BlobStore(ABC):
         """Store ``data`` under ``sha256`` (idempotent; refreshes expiry if present)."""
 
     @abstractmethod
+    def _retain(self, sha256: str) -> None:
+        """Exempt the stored blob ``sha256`` from expiry and garbage collection."""
+
+    @abstractmethod
     def _read(self, sha256: str) -> bytes | None:
         """The stored bytes, or None when absent."""
 
@@ -68,10 +72,18 @@ class BlobStore(ABC):
     def delete(self, sha256: str) -> None:
         """Remove the blob if present (retention tooling only; blobs are otherwise immutable)."""
 
-    def put(self, data: bytes, media_type: str = MediaType.OCTET_STREAM) -> BlobRef:
-        """Store ``data`` and return its reference. Idempotent: same bytes, same reference."""
+    def put(
+        self, data: bytes, media_type: str = MediaType.OCTET_STREAM, *, retain: bool = False
+    ) -> BlobRef:
+        """Store ``data`` and return its reference. Idempotent: same bytes, same reference.
+
+        ``retain``: never expire or garbage-collect it (model artifacts in the registry: a
+        predictor restarting months later must still find the promoted model).
+        """
         digest = sha256_hex(data)
         self._write(digest, data)
+        if retain:
+            self._retain(digest)
         return BlobRef(
             uri=self.uri_for(digest), sha256=digest, size=len(data), media_type=media_type
         )
@@ -112,6 +124,10 @@ class BlobStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, not every store holds resources
         """Release connections (no-op for stores that hold none)."""
+
+
+RETAIN_SUFFIX = ".retain"
+"""A file blob with a ``<sha256>.retain`` marker beside it is never garbage-collected."""
 
 
 class FileBlobStore(BlobStore):
@@ -159,14 +175,20 @@ class FileBlobStore(BlobStore):
     def delete(self, sha256: str) -> None:
         self._path(sha256).unlink(missing_ok=True)
 
+    def _retain(self, sha256: str) -> None:
+        self._path(sha256).with_suffix(RETAIN_SUFFIX).touch()
+
     def garbage_collect(self, older_than_s: float) -> int:
-        """Delete blobs (and stale temp files) not written within ``older_than_s`` seconds.
+        """Delete blobs (and stale temp files) not written within ``older_than_s`` seconds,
+        except retained ones (``put(..., retain=True)``).
 
         Returns the number of files removed.
         """
         cutoff = time.time() - older_than_s
         removed = 0
         for path in self.root.glob("*/*"):
+            if path.suffix == RETAIN_SUFFIX or path.with_suffix(RETAIN_SUFFIX).exists():
+                continue
             if path.is_file() and path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1
@@ -207,8 +229,12 @@ class RedisBlobStore(BlobStore):
         key = self._key(sha256)
         pipe = self._client.pipeline(transaction=True)
         pipe.set(key, data, nx=True, ex=self._ttl_seconds)
-        pipe.expire(key, self._ttl_seconds)
+        # GT: only ever lengthen; a retained (persistent) key counts as infinite and stays so.
+        pipe.expire(key, self._ttl_seconds, gt=True)
         pipe.execute()
+
+    def _retain(self, sha256: str) -> None:
+        self._client.persist(self._key(sha256))
 
     def _read(self, sha256: str) -> bytes | None:
         value = self._client.get(self._key(sha256))
