@@ -250,3 +250,28 @@ def fast_arrays(
         with np.load(cached(sample, ".ref.npz")) as arrays:
             references[index] = arrays["reference"]
     return FastArrays(crops, features, references, targets_of(samples))
+
+
+def fast_arrays_from_cases(
+    cases: Sequence[tuple[NDArray[np.number], NDArray[np.integer], tuple[float, float], float]],
+    targets: NDArray[np.floating],
+) -> FastArrays:
+    """Fast-model inputs of in-memory cases (image, labelmap, (row, column) spacing mm, slice
+    spacing mm) with their Dice targets (n, 5); no reference-estimate targets (zeros).
+
+    Raises:
+        InputError: a case the service itself would refuse (see ``prepare.check_pair``).
+        ValueError: as many targets as cases are needed.
+    """
+    if len(cases) != len(targets):
+        raise ValueError(f"{len(cases)} cases but {len(targets)} targets")
+    size = CROP_SIZE // AUX_SCALE
+    crops = np.empty((len(cases), 5, 8, CROP_SIZE, CROP_SIZE), np.uint8)
+    features = np.empty((len(cases), len(FEATURE_NAMES)), np.float32)
+    for index, (image, labels, pixel_spacing_mm, slice_spacing_mm) in enumerate(cases):
+        prepared = prepare_input(image, labels, pixel_spacing_mm, slice_spacing_mm)
+        inputs = case_inputs(FAST_ARCHITECTURE, prepared)
+        crops[index] = np.rint(inputs["crop"].numpy() * 255.0).astype(np.uint8)
+        features[index] = inputs["features"].numpy()
+    references = np.zeros((len(cases), 4, 8, size, size), np.uint8)
+    return FastArrays(crops, features, references, np.asarray(targets, np.float32))

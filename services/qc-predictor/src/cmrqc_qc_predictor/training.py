@@ -38,6 +38,7 @@ from cmrqc_qc_predictor.artifact import artifact_bytes
 from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
 from cmrqc_qc_predictor.conformal import ConformalCalibration
 from cmrqc_qc_predictor.data import (
+    FastArrays,
     QcDatasets,
     balanced_split,
     fast_arrays,
@@ -129,6 +130,104 @@ def predict_fast_arrays(
             feats = torch.from_numpy(features[start : start + batch])
             outputs.append(model({"crop": crop, "features": feats}).numpy())
     return np.concatenate(outputs).astype(np.float32)
+
+
+def fit_fast(
+    model: FastQcNet,
+    train_data: FastArrays,
+    val_data: FastArrays,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+    progress: bool = True,
+    started: float | None = None,
+    reference_loss: bool = True,
+) -> tuple[FastQcNet, list[dict[str, Any]], NDArray[np.float32], str]:
+    """Train ``model`` in place on ``train_data`` (MSE on the Dice values, AdamW, one-cycle
+    schedule, rot90/flip augmentation; the auxiliary reference loss when the model has the
+    head), select the epoch with the lowest mean validation MAE and return (model in eval
+    mode with those weights, per-epoch history, its validation predictions, why it stopped).
+
+    Used by ``cmrqc train qc`` and by the retrainer (fine-tuning the serving model on RCA and
+    ground-truth labels; ``reference_loss=False`` there, since RCA labels come without a
+    reference segmentation).
+    """
+    from tqdm import tqdm
+
+    started = time.monotonic() if started is None else started
+    steps_per_epoch = math.ceil(len(train_data.targets) / batch_size)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser,
+        max_lr=learning_rate,
+        total_steps=epochs * steps_per_epoch,
+        pct_start=0.15,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    order_rng = np.random.default_rng(seed)
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_mae = math.inf
+    stopped = "epochs"
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = order_rng.permutation(len(train_data.targets))
+        losses = []
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}/{epochs}",
+            disable=not progress,
+            unit="batch",
+        )
+        for step in bar:
+            index = np.sort(order[step * batch_size : (step + 1) * batch_size])
+            crop = torch.from_numpy(train_data.crops[index]).float().div_(255.0)
+            reference = torch.from_numpy(train_data.references[index]).float().div_(255.0)
+            crop, reference = _augment([crop, reference], generator)
+            batch = {"crop": crop, "features": torch.from_numpy(train_data.features[index])}
+            target = torch.from_numpy(train_data.targets[index])
+            output, logits = model.forward_with_aux(batch)
+            mse = torch.mean((output - target) ** 2)
+            loss = mse
+            if logits is not None and reference_loss:
+                cross_entropy = -(reference * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+                loss = mse + AUX_WEIGHT * cross_entropy
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(mse.item())
+            bar.set_postfix(mse=f"{np.mean(losses[-50:]):.4f}")
+        val_predicted = predict_fast_arrays(model, val_data.crops, val_data.features)
+        record = _epoch_record(
+            epoch,
+            float(np.mean(losses)),
+            val_predicted,
+            val_data.targets,
+            time.monotonic() - started,
+        )
+        history.append(record)
+        logger.info(
+            "epoch %d: train MSE %.4f, val MAE %s (mean %.4f)",
+            epoch,
+            record["train_mse"],
+            {k: round(v, 4) for k, v in record["val_mae"].items()},
+            record["val_mae_mean"],
+        )
+        if record["val_mae_mean"] < best_mae:
+            best_mae = record["val_mae_mean"]
+            best_state = copy.deepcopy(model.state_dict())
+        if time_budget_s and time.monotonic() - started > time_budget_s:
+            stopped = "time budget"
+            break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    val_predicted = predict_fast_arrays(model, val_data.crops, val_data.features)
+    return model, history, val_predicted, stopped
 
 
 def _epoch_record(
@@ -235,7 +334,6 @@ def _train_fast(
     val_samples: list[QcSample],
     started: float,
 ) -> tuple[nn.Module, list[dict[str, Any]], NDArray[np.float32], dict[str, Any]]:
-    from tqdm import tqdm
 
     cache = config.cache_dir
     train_data = fast_arrays(
@@ -253,75 +351,18 @@ def _train_fast(
         model.set_feature_statistics(features.mean(dim=0), features.std(dim=0))
     batch_size = config.batch_size or 32
     learning_rate = config.learning_rate or 2e-3
-    steps_per_epoch = math.ceil(len(train_samples) / batch_size)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser,
-        max_lr=learning_rate,
-        total_steps=config.epochs * steps_per_epoch,
-        pct_start=0.15,
+    model, history, val_predicted, stopped = fit_fast(
+        model,
+        train_data,
+        val_data,
+        epochs=config.epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=config.seed,
+        time_budget_s=config.time_budget_s,
+        progress=config.progress,
+        started=started,
     )
-    generator = torch.Generator().manual_seed(config.seed)
-    order_rng = np.random.default_rng(config.seed)
-    history: list[dict[str, Any]] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    best_mae = math.inf
-    stopped = "epochs"
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = order_rng.permutation(len(train_samples))
-        losses = []
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch}/{config.epochs}",
-            disable=not config.progress,
-            unit="batch",
-        )
-        for step in bar:
-            index = np.sort(order[step * batch_size : (step + 1) * batch_size])
-            crop = torch.from_numpy(train_data.crops[index]).float().div_(255.0)
-            reference = torch.from_numpy(train_data.references[index]).float().div_(255.0)
-            crop, reference = _augment([crop, reference], generator)
-            batch = {"crop": crop, "features": torch.from_numpy(train_data.features[index])}
-            target = torch.from_numpy(train_data.targets[index])
-            output, logits = model.forward_with_aux(batch)
-            mse = torch.mean((output - target) ** 2)
-            loss = mse
-            if logits is not None:
-                cross_entropy = -(reference * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-                loss = mse + AUX_WEIGHT * cross_entropy
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            losses.append(mse.item())
-            bar.set_postfix(mse=f"{np.mean(losses[-50:]):.4f}")
-        val_predicted = predict_fast_arrays(model, val_data.crops, val_data.features)
-        record = _epoch_record(
-            epoch,
-            float(np.mean(losses)),
-            val_predicted,
-            val_data.targets,
-            time.monotonic() - started,
-        )
-        history.append(record)
-        logger.info(
-            "epoch %d: train MSE %.4f, val MAE %s (mean %.4f)",
-            epoch,
-            record["train_mse"],
-            {k: round(v, 4) for k, v in record["val_mae"].items()},
-            record["val_mae_mean"],
-        )
-        if record["val_mae_mean"] < best_mae:
-            best_mae = record["val_mae_mean"]
-            best_state = copy.deepcopy(model.state_dict())
-        if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
-            stopped = "time budget"
-            break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    val_predicted = predict_fast_arrays(model, val_data.crops, val_data.features)
     details = {
         "batch_size": batch_size,
         "learning_rate": learning_rate,

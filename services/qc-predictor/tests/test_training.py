@@ -1,0 +1,58 @@
+"""The training loop the CLI and the retrainer share: in-memory cases to a selected model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cmrqc_qc_predictor.data import fast_arrays_from_cases
+from cmrqc_qc_predictor.models import FastConfig, FastQcNet
+from cmrqc_qc_predictor.prepare import InputError
+from cmrqc_qc_predictor.training import fit_fast
+from cmrqc_shared.datasets.splits import QC_TRAIN, QC_VAL
+from cmrqc_shared.metrics import dice_per_class
+from cmrqc_shared.qcdata.corruptions import dilate, erode, shift
+from cmrqc_shared.synth import render_study
+
+TINY = FastConfig(stem=4, widths=(8, 8, 8), hidden=8, aux=False)
+
+
+def _cases(seeds: range) -> tuple[list, np.ndarray]:  # type: ignore[type-arg]
+    cases, targets = [], []
+    rng = np.random.default_rng(seeds.start)
+    for seed in seeds:
+        phase = render_study(seed, phases=("ED",)).phase("ED")
+        for corrupt in (None, shift, dilate, erode):
+            labels = phase.labels if corrupt is None else corrupt(phase.labels, rng, 1.0)[0]
+            spacing = (phase.pixel_spacing_mm, phase.slice_spacing_mm)
+            cases.append((phase.image, labels, *spacing))
+            targets.append(list(dice_per_class(labels, phase.labels).model_dump().values()))
+    return cases, np.asarray(targets, np.float32)
+
+
+def test_fit_fast_learns_and_keeps_the_best_validation_epoch() -> None:
+    torch.manual_seed(0)
+    train = fast_arrays_from_cases(*_cases(range(QC_TRAIN.start, QC_TRAIN.start + 4)))
+    val = fast_arrays_from_cases(*_cases(range(QC_VAL.start, QC_VAL.start + 2)))
+    model = FastQcNet(TINY)
+    features = torch.from_numpy(train.features)
+    model.set_feature_statistics(features.mean(dim=0), features.std(dim=0))
+    model, history, val_predicted, stopped = fit_fast(
+        model, train, val, epochs=4, batch_size=4, learning_rate=5e-3, progress=False
+    )
+    assert stopped == "epochs" and len(history) == 4
+    assert history[-1]["train_mse"] < history[0]["train_mse"]
+    best = min(h["val_mae_mean"] for h in history)
+    selected = float(np.mean(np.abs(val_predicted - val.targets).mean(axis=0)))
+    assert selected == pytest.approx(best, abs=1e-5)
+    assert not model.training
+
+
+def test_a_case_the_service_would_refuse_is_refused_here_too() -> None:
+    phase = render_study(QC_TRAIN.start, phases=("ED",)).phase("ED")
+    misaligned = (phase.image, phase.labels[:, :-2], phase.pixel_spacing_mm, 8.0)
+    with pytest.raises(InputError):
+        fast_arrays_from_cases([misaligned], np.zeros((1, 5), np.float32))
+    with pytest.raises(ValueError, match="targets"):
+        fast_arrays_from_cases([misaligned], np.zeros((2, 5), np.float32))
