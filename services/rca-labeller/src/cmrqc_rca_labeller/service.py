@@ -131,6 +131,7 @@ class RcaLabeller:
             volume=event.volume,
             labelmap=event.labelmap,
             cardiac_phase=event.cardiac_phase,
+            affine=event.affine,
             estimated_dsc=result.estimated_dsc,
             top_k_mean_dsc=result.top_k_mean_dsc,
             calibrated_dsc=result.calibrated_dsc,

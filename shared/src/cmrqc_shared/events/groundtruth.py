@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from cmrqc_shared.blobs.ref import BlobRef
-from cmrqc_shared.events.common import ClassScores
+from cmrqc_shared.events.common import Affine4x4, ClassScores
 from cmrqc_shared.events.envelope import Event
 
 
@@ -22,6 +22,9 @@ class GroundTruthSubmitted(Event):
     volume: BlobRef
     labelmap: BlobRef = Field(description="The segmentation being judged.")
     reference_labelmap: BlobRef = Field(description="The annotator's verified labelmap.")
+    affine: Affine4x4 | None = Field(
+        default=None, description="The volume's voxel-to-patient affine (for the retrainer)."
+    )
     annotator: str = Field(description="Pseudonymous annotator id (never a person's name).")
     true_dsc: ClassScores | None = Field(
         default=None, description="DSC of labelmap against reference_labelmap, if computed."

@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from cmrqc_shared.blobs.ref import BlobRef
-from cmrqc_shared.events.common import CardiacPhase, ClassScores
+from cmrqc_shared.events.common import Affine4x4, CardiacPhase, ClassScores
 from cmrqc_shared.events.envelope import Event
 
 
@@ -31,6 +31,9 @@ class RcaLabel(Event):
     volume: BlobRef
     labelmap: BlobRef
     cardiac_phase: CardiacPhase
+    affine: Affine4x4 | None = Field(
+        default=None, description="The volume's voxel-to-patient affine (for the retrainer)."
+    )
     estimated_dsc: ClassScores = Field(description="Maximum over references.")
     top_k_mean_dsc: ClassScores | None = Field(default=None, description="Mean of the top k.")
     calibrated_dsc: ClassScores | None = Field(
