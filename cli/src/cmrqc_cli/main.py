@@ -1,8 +1,8 @@
 """``cmrqc``: the front door for people.
 
-Core subcommands live here (infra, topics, schemas, settings, blobs, bench bus); each
-service package adds its own (``cmrqc synth``, ``cmrqc train segmenter`` …) through the
-``cmrqc.commands`` entry-point group, so this package never imports a service and a
+Core subcommands live here (infra, topics, schemas, settings, blobs, models, bench bus);
+each service package adds its own (``cmrqc synth``, ``cmrqc train segmenter`` …) through
+the ``cmrqc.commands`` entry-point group, so this package never imports a service and a
 service's image never needs another's dependencies.
 """
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
-from cmrqc_cli import commands_core, commands_synth
+from cmrqc_cli import commands_core, commands_models, commands_synth
 
 logger = logging.getLogger("cmrqc_cli")
 
@@ -39,6 +39,7 @@ def _setup_argparser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands_core.register(subparsers)
     commands_synth.register(subparsers)
+    commands_models.register(subparsers)
     for registrar in _plugin_registrars():
         registrar(subparsers)
     return parser
