@@ -1,0 +1,225 @@
+"""The retrainer process: two intakes (RCA labels, ground truth) and the trainer loop.
+
+The intakes are ``StreamRunner``s whose handlers write the label into the label store and
+return no output; the runner commits the input offset only after the handler returned, so a
+label is in Redis before Kafka forgets it, and a redelivered one is a no-op (``LabelStore``).
+They run in their own threads and never wait for training: a training round of minutes
+cannot stall offset commits or trigger a consumer-group rebalance.
+
+Bad input is dead-lettered with the reason, never dropped: an RCA label without the volume's
+affine (``missing-geometry``), ground truth whose labelmaps cannot be read or disagree in
+shape (``groundtruth-unreadable``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from cmrqc_qc_predictor.artifact import BUILTIN_FAST, QcModel, load_artifact_file
+from cmrqc_retrainer import __version__
+from cmrqc_retrainer.labels import LabelledCase, LabelStore
+from cmrqc_retrainer.settings import RetrainerSettings
+from cmrqc_retrainer.worker import Decision, Retrainer
+from cmrqc_shared.blobs import BlobError, BlobStore, open_blob_store
+from cmrqc_shared.bus import PermanentError, RecordContext, StreamRunner
+from cmrqc_shared.bus.publisher import EventPublisher
+from cmrqc_shared.events import GroundTruthSubmitted, ProducerInfo, RcaLabel
+from cmrqc_shared.metrics import dice_per_class
+from cmrqc_shared.registry import ModelRegistry
+from cmrqc_shared.topics import ensure_namespaced_topics
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "retrainer"
+
+
+def rca_handler(store: LabelStore, prefer_calibrated: bool):  # type: ignore[no-untyped-def]
+    """Intake handler for ``cmrqc.rca.v1``."""
+
+    def handle(event: RcaLabel, _ctx: RecordContext) -> Sequence[object]:
+        if event.affine is None:
+            raise PermanentError(
+                "missing-geometry", "RcaLabel carries no affine: the retrainer cannot prepare it"
+            )
+        scores = (
+            event.calibrated_dsc
+            if prefer_calibrated and event.calibrated_dsc is not None
+            else event.estimated_dsc
+        )
+        outcome = store.record(
+            LabelledCase(
+                segmentation_event_id=event.segmentation_event_id,
+                series_instance_uid=event.series_instance_uid or event.segmentation_event_id,
+                volume=event.volume,
+                labelmap=event.labelmap,
+                affine=[list(row) for row in event.affine],
+                dsc=scores.model_dump(),
+                source="rca",
+                label_event_id=event.event_id,
+                provenance={
+                    "reference_set": event.reference_set,
+                    "estimate": "calibrated" if scores is event.calibrated_dsc else "max",
+                },
+            )
+        )
+        logger.debug("rca label", extra={"outcome": outcome, "event_id": event.event_id})
+        return []
+
+    return handle
+
+
+def groundtruth_handler(store: LabelStore, blobs: BlobStore):  # type: ignore[no-untyped-def]
+    """Intake handler for ``cmrqc.groundtruth.v1``: the true Dice, computed if not given."""
+
+    def handle(event: GroundTruthSubmitted, _ctx: RecordContext) -> Sequence[object]:
+        if event.affine is None:
+            raise PermanentError(
+                "missing-geometry",
+                "GroundTruthSubmitted carries no affine: the retrainer cannot prepare it",
+            )
+        scores = event.true_dsc
+        if scores is None:
+            try:
+                predicted = blobs.get_array(event.labelmap)
+                verified = blobs.get_array(event.reference_labelmap)
+            except BlobError as error:
+                raise PermanentError("groundtruth-unreadable", str(error)) from error
+            if predicted.shape != verified.shape:
+                raise PermanentError(
+                    "groundtruth-unreadable",
+                    f"labelmap {predicted.shape} and verified labelmap {verified.shape} differ",
+                )
+            scores = dice_per_class(np.asarray(predicted), np.asarray(verified))
+        store.record(
+            LabelledCase(
+                segmentation_event_id=event.segmentation_event_id,
+                series_instance_uid=event.series_instance_uid or event.segmentation_event_id,
+                volume=event.volume,
+                labelmap=event.labelmap,
+                affine=[list(row) for row in event.affine],
+                dsc=scores.model_dump(),
+                source="groundtruth",
+                label_event_id=event.event_id,
+                provenance={"annotator": event.annotator},
+            )
+        )
+        return []
+
+    return handle
+
+
+def load_initial_model(source: str) -> QcModel:
+    """The champion before any promotion: ``builtin`` or an artifact path."""
+    return load_artifact_file(BUILTIN_FAST if source == "builtin" else Path(source))
+
+
+class RetrainerService:
+    """Label store, registry, intakes and the trainer, wired from settings."""
+
+    def __init__(
+        self,
+        settings: RetrainerSettings,
+        *,
+        initial: QcModel | None = None,
+        serve_observability: bool = True,
+    ) -> None:
+        import torch
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.settings = settings
+        producer = ProducerInfo(
+            service=SERVICE_NAME, version=__version__, instance=settings.runner.instance_id
+        )
+        self.blobs = open_blob_store(
+            settings.blobs.resolved_url(), ttl_seconds=settings.blobs.ttl_seconds
+        )
+        client = redis.Redis.from_url(settings.resolved_store_url())
+        namespace = settings.kafka.topic_namespace
+        self.store = LabelStore(
+            client, f"{settings.store_prefix}:{namespace}", settings.holdout_fraction
+        )
+        ensure_namespaced_topics(settings.kafka, client_id=f"{SERVICE_NAME}-admin")
+        self.publisher = EventPublisher(settings.kafka, client_id=f"{SERVICE_NAME}-registry")
+        self.registry = ModelRegistry(
+            client, self.blobs, self.publisher, actor=producer, key_prefix=settings.registry_prefix
+        )
+        group = settings.runner.group_id or SERVICE_NAME
+        self.rca_intake = StreamRunner(
+            service=producer,
+            input_type=RcaLabel,
+            handler=rca_handler(self.store, settings.prefer_calibrated_rca),
+            kafka=settings.kafka,
+            settings=settings.runner.model_copy(update={"group_id": group}),
+            serve_observability=serve_observability,
+        )
+        self.groundtruth_intake = StreamRunner(
+            service=producer,
+            input_type=GroundTruthSubmitted,
+            handler=groundtruth_handler(self.store, self.blobs),
+            kafka=settings.kafka,
+            settings=settings.runner.model_copy(update={"group_id": f"{group}-groundtruth"}),
+            serve_observability=False,
+        )
+        self.trainer = Retrainer(
+            settings,
+            self.store,
+            self.registry,
+            self.blobs,
+            initial or load_initial_model(settings.initial_model),
+        )
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Drain: the intakes commit what they stored; a running round finishes first."""
+        self._stop.set()
+        self.rca_intake.stop()
+        self.groundtruth_intake.stop()
+
+    def run(
+        self, *, max_rounds: int | None = None, timeout_s: float | None = None
+    ) -> list[Decision]:
+        """Intakes in threads, rounds here, until stopped, ``max_rounds`` or ``timeout_s``."""
+        threads = [
+            threading.Thread(target=runner.run, name=name, daemon=True)
+            for name, runner in (
+                ("rca-intake", self.rca_intake),
+                ("groundtruth-intake", self.groundtruth_intake),
+            )
+        ]
+        for thread in threads:
+            thread.start()
+        decisions: list[Decision] = []
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while not self._stop.is_set():
+                if max_rounds is not None and len(decisions) >= max_rounds:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                try:
+                    decision = self.trainer.run_once()
+                except Exception:  # a failed round must not stop the intakes; champion stays
+                    logger.exception("training round failed; the serving model is unchanged")
+                    decision = None
+                if decision is not None:
+                    decisions.append(decision)
+                    continue
+                self._stop.wait(self.settings.check_interval_s)
+            return decisions
+        finally:
+            self.stop()
+            for thread in threads:
+                thread.join(timeout=60)
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.store.close()
+        self.blobs.close()

@@ -1,0 +1,148 @@
+"""Champion vs challenger against real Redis and Kafka: the safety rules, each able to fail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from cmrqc_retrainer.labels import LabelStore
+from cmrqc_retrainer.settings import RetrainerSettings
+from cmrqc_retrainer.worker import Retrainer, curve_points
+from cmrqc_shared.blobs import BlobCorruptedError, BlobStore
+from cmrqc_shared.bus.publisher import EventPublisher, read_events
+from cmrqc_shared.events import ModelPublished, ProducerInfo
+from cmrqc_shared.registry import ModelRegistry
+from cmrqc_shared.settings import KafkaSettings
+from cmrqc_shared.topics import ensure_namespaced_topics
+
+from .conftest import labelled, tiny_model
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+SETTINGS = RetrainerSettings(
+    min_new_labels=10,
+    min_holdout=4,
+    epochs=6,
+    batch_size=8,
+    learning_rate=5e-3,
+    promote_margin=0.01,
+)
+
+
+@pytest.fixture
+def registry(
+    kafka: KafkaSettings, redis_url: str, prefix: str, blobs: BlobStore
+) -> Iterator[ModelRegistry]:
+    ensure_namespaced_topics(kafka)
+    with EventPublisher(kafka) as publisher:
+        yield ModelRegistry(
+            redis.Redis.from_url(redis_url),
+            blobs,
+            publisher,
+            actor=ProducerInfo(service="retrainer-test", version="0"),
+            key_prefix=f"{prefix}:models:",
+        )
+
+
+def _fill(store: LabelStore, blobs: BlobStore, cases: list) -> None:  # type: ignore[type-arg]
+    """Every case labelled with its true Dice, as an annotator's ground truth."""
+    for index, case in enumerate(cases):
+        store.record(labelled(blobs, case, index, source="groundtruth"))
+
+
+def test_a_better_challenger_is_promoted_and_announced(
+    store: LabelStore,
+    blobs: BlobStore,
+    registry: ModelRegistry,
+    kafka: KafkaSettings,
+    synthetic_cases: list,  # type: ignore[type-arg]
+) -> None:
+    _fill(store, blobs, synthetic_cases)
+    trainer = Retrainer(SETTINGS, store, registry, blobs, tiny_model())
+    assert trainer.ready()
+    decision = trainer.run_once()
+    assert decision is not None and decision.promoted, decision
+    assert decision.challenger_holdout_mae["WH"] < decision.champion_holdout_mae["WH"] - 0.01
+    assert decision.holdout_source == "groundtruth"
+    current = registry.current("qc-predictor")
+    assert current is not None and current.version == decision.registered_version
+    (announced,) = read_events(kafka, ModelPublished, expected=1)
+    assert announced.version == str(decision.registered_version)
+    assert announced.artifact.sha256 == current.artifact.sha256
+    assert not trainer.ready()  # the labels it used are behind the watermark
+    assert curve_points(store)[-1]["promoted"] is True
+
+
+def test_a_worse_challenger_is_never_promoted(
+    store: LabelStore,
+    blobs: BlobStore,
+    registry: ModelRegistry,
+    kafka: KafkaSettings,
+    synthetic_cases: list,  # type: ignore[type-arg]
+) -> None:
+    _fill(store, blobs, synthetic_cases)
+    first = Retrainer(SETTINGS, store, registry, blobs, tiny_model()).run_once()
+    assert first is not None and first.promoted
+    # New RCA labels that invert the truth: the challenger learns nonsense (the holdout keeps
+    # its annotators' ground truth, which outranks RCA as the yardstick).
+    for index, case in enumerate(synthetic_cases, start=100):
+        wrong = {k: 1.0 - v for k, v in case[3].items()}
+        store.record(labelled(blobs, case, index, source="rca", dsc=wrong))
+    trainer = Retrainer(
+        SETTINGS.model_copy(update={"max_training_labels": 25}),
+        store,
+        registry,
+        blobs,
+        tiny_model(),
+    )
+    second = trainer.run_once()
+    assert second is not None and not second.promoted, second
+    assert registry.current("qc-predictor").version == first.registered_version  # type: ignore[union-attr]
+    assert registry.get("qc-predictor", second.registered_version).state == "rejected"
+    assert second.holdout_source == "groundtruth"
+    assert len(read_events(kafka, ModelPublished, expected=2, timeout_s=5)) == 1
+
+
+def test_a_champion_whose_artifact_was_tampered_with_stops_the_round_not_the_model(
+    store: LabelStore,
+    blobs: BlobStore,
+    registry: ModelRegistry,
+    redis_url: str,
+    prefix: str,
+    synthetic_cases: list,  # type: ignore[type-arg]
+) -> None:
+    _fill(store, blobs, synthetic_cases)
+    first = Retrainer(SETTINGS, store, registry, blobs, tiny_model()).run_once()
+    assert first is not None and first.promoted
+    champion = registry.current("qc-predictor")
+    assert champion is not None
+    redis.Redis.from_url(redis_url).set(f"{prefix}:blob:{champion.artifact.sha256}", b"junk")
+    for index, case in enumerate(synthetic_cases, start=200):
+        store.record(labelled(blobs, case, index, source="groundtruth"))
+    with pytest.raises(BlobCorruptedError):
+        Retrainer(SETTINGS, store, registry, blobs, tiny_model()).run_once()
+    assert registry.current("qc-predictor").version == champion.version  # type: ignore[union-attr]
+    assert len(registry.versions("qc-predictor")) == 1  # nothing was registered
+
+
+def test_a_trainer_that_died_after_registering_does_not_train_the_same_labels_again(
+    store: LabelStore,
+    blobs: BlobStore,
+    registry: ModelRegistry,
+    redis_url: str,
+    prefix: str,
+    synthetic_cases: list,  # type: ignore[type-arg]
+) -> None:
+    _fill(store, blobs, synthetic_cases)
+    decision = Retrainer(SETTINGS, store, registry, blobs, tiny_model()).run_once()
+    assert decision is not None
+    # The crash: the watermark write never happened.
+    redis.Redis.from_url(redis_url).delete(f"{prefix}:labels:watermark")
+    assert store.new_count() > 0
+    restarted = Retrainer(SETTINGS, store, registry, blobs, tiny_model())
+    assert store.watermark() == decision.watermark
+    assert not restarted.ready() and restarted.run_once() is None
+    assert np.isfinite(decision.serving_holdout_wh_mae)
