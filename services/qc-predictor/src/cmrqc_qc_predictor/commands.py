@@ -34,6 +34,19 @@ def _emit(text: str) -> None:
 
 def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="train on the samples of this `cmrqc rca-labels` file, with its labels as targets "
+        "(Experiment 2)",
+    )
+    parser.add_argument(
+        "--label-field",
+        choices=("calibrated_dsc", "rca_dsc", "top_k_mean_dsc", "true_dsc"),
+        default="calibrated_dsc",
+        help="which label of --labels to train on (true_dsc: the same cases with the truth)",
+    )
+    parser.add_argument(
         "--no-aux",
         action="store_true",
         help="fast: without the reference-estimate head (the committed model has none)",
@@ -153,6 +166,8 @@ def _train_config(args: argparse.Namespace, out: Path, holdout: str | None) -> A
         init=args.init,
         version=args.version,
         fast=FastConfig(aux=not args.no_aux),
+        labels=args.labels,
+        label_field=args.label_field,
     )
 
 

@@ -84,6 +84,10 @@ class TrainConfig:
     version: str = ""
     name: str = "qc-predictor"
     fast: FastConfig = field(default_factory=FastConfig)
+    labels: Path | None = None
+    """JSON lines of ``cmrqc rca-labels``: train and validate only on those samples, with
+    ``label_field`` as the targets instead of the true Dice (the paper's Experiment 2)."""
+    label_field: str = "calibrated_dsc"
 
 
 @dataclass
@@ -93,6 +97,40 @@ class TrainResult:
     artifact: Path
     card: dict[str, Any]
     history: list[dict[str, Any]]
+
+
+def _relabelled(
+    dataset: QcDatasets, labels_file: Path, label_field: str, excluded: list[str]
+) -> tuple[list[QcSample], list[QcSample]]:
+    """Train and val samples of the label file, their targets replaced by ``label_field``
+    (``calibrated_dsc`` falls back to ``rca_dsc`` where the labeller had no calibration).
+
+    Raises:
+        ValueError: the file labels no train or no val sample, or names an unknown sample.
+    """
+    labels: dict[str, dict[str, float]] = {}
+    for line in labels_file.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        value = record.get(label_field) or (
+            record.get("rca_dsc") if label_field == "calibrated_dsc" else None
+        )
+        if value is None:
+            raise ValueError(f"{labels_file}: {record['sample_id']} has no {label_field}")
+        labels[record["sample_id"]] = {k: float(v) for k, v in value.items()}
+    known = {s.sample_id: s for s in dataset.samples}
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise ValueError(f"{labels_file}: {len(unknown)} samples not in the dataset: {unknown[:3]}")
+    chosen = [
+        replace(known[i], true_dsc=labels[i]) for i in labels if known[i].family not in excluded
+    ]
+    train_samples = [s for s in chosen if s.split == "train"]
+    val_samples = [s for s in chosen if s.split == "val"]
+    if not train_samples or not val_samples:
+        raise ValueError(f"{labels_file} must label train and val samples")
+    return train_samples, val_samples
 
 
 def _subset(samples: list[QcSample], limit: int | None, seed: int) -> list[QcSample]:
@@ -265,6 +303,10 @@ def train(config: TrainConfig) -> TrainResult:
     excluded = [config.holdout_family] if config.holdout_family else []
     train_samples = balanced_split(dataset, "train", seed=config.seed, exclude_families=excluded)
     val_samples = balanced_split(dataset, "val", seed=config.seed, exclude_families=excluded)
+    if config.labels is not None:
+        train_samples, val_samples = _relabelled(
+            dataset, config.labels, config.label_field, excluded
+        )
     train_samples = _subset(train_samples, config.max_train, config.seed)
     val_samples = _subset(val_samples, config.max_val, config.seed + 1)
     logger.info(
@@ -532,6 +574,11 @@ def _model_card(
             ),
             "val_wh_bins": bin_counts(val_samples),
             "balancing": "per split, each WH DSC bin capped at the split's median bin count",
+            "labels": (
+                f"{config.label_field} from {config.labels} (not the true Dice)"
+                if config.labels
+                else "true Dice"
+            ),
             "split": "by scan via QC_TRAIN / QC_VAL / QC_TEST seed ranges",
         },
         "training": {
@@ -577,6 +624,7 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         "",
         "## Data",
         "",
+        f"* Labels: {data.get('labels', 'true Dice')}.\n"
         f"* Dataset: `{data['dataset']}` ({data['dataset_samples']} samples; families "
         f"{', '.join(data['families_in_dataset'])}; held out: {data['holdout_family'] or 'none'}).",
         f"* Split {data['split']}; {data['balancing']}.",

@@ -68,6 +68,17 @@ def register(subparsers: SubParsers) -> None:
     _add_reference_options(rca)
     rca.set_defaults(handler=_rca)
 
+    labels = subparsers.add_parser(
+        "rca-labels", help="RCA labels for a QC dataset split (JSON lines; Experiment 2's input)"
+    )
+    labels.add_argument("--dataset", type=Path, required=True, help="QC dataset folder")
+    labels.add_argument("--split", choices=("train", "val", "test"), default="train")
+    labels.add_argument("--max-cases", type=int, default=None, help="seeded subset")
+    labels.add_argument("--seed", type=int, default=0)
+    labels.add_argument("--out", type=Path, required=True, help="JSON lines (appended, resumable)")
+    _add_reference_options(labels)
+    labels.set_defaults(handler=_rca_labels)
+
     evaluate = verb_subparsers(subparsers, "evaluate", "evaluations against ground truth")
     ev = evaluate.add_parser("rca", help="RCA estimate vs true Dice on the QC test split")
     ev.add_argument("--scans", type=int, default=40, help="scans (3 cases each)")
@@ -150,6 +161,22 @@ def _rca(args: argparse.Namespace) -> int:
         **result.as_dict(),
     }
     _emit(json.dumps(output, indent=2))
+    return 0
+
+
+def _rca_labels(args: argparse.Namespace) -> int:
+    from cmrqc_rca_labeller.label_dataset import label_dataset
+
+    estimator, reference_set = _estimator(args)
+    added = label_dataset(
+        estimator,
+        args.dataset,
+        args.out,
+        split=args.split,
+        max_cases=args.max_cases,
+        seed=args.seed,
+    )
+    _emit(f"{added} labels added to {args.out} (reference set {reference_set.content_hash[:16]}…)")
     return 0
 
 
