@@ -5,6 +5,9 @@
 * ``cmrqc evaluate qc --dataset PATH [--artifact A] [--holdout-family F] [--json]`` — the
   paper's Table 1, interval coverage and figures on the test split; with ``--holdout-family``
   and no ``--artifact`` a model is first trained without family F, then tested on F alone;
+  with ``--labels FILE`` (``cmrqc rca-labels``) and no ``--artifact`` a model is first trained
+  on those labels (Experiment 2: ``--label-field calibrated_dsc|rca_dsc``; ``true_dsc`` is the
+  control, the same cases with the truth), then tested against the true Dice;
 * ``cmrqc bench qc [--json]`` — paper vs fast per-case latency, batch 1 and batched;
 * ``cmrqc make-qc-dev-dataset --out PATH`` — the small development dataset (``devdata``);
 * ``cmrqc publish qc-model --artifact A --version V`` — put an artifact in the blob store and
@@ -98,8 +101,8 @@ def register(subparsers: SubParsers) -> None:
     evaluate.add_argument(
         "--artifact",
         default=None,
-        help="builtin or a .safetensors (default: builtin; with "
-        "--holdout-family: train one without the family first)",
+        help="builtin or a .safetensors (default: builtin; with --holdout-family or "
+        "--labels: train one first)",
     )
     evaluate.add_argument("--holdout-family", default=None, help="test on this family alone")
     evaluate.add_argument("--out", type=Path, default=None, help="default out/qc-predictor/eval")
@@ -202,10 +205,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     out = args.out or Path("out/qc-predictor") / (
-        f"holdout-{args.holdout_family}" if args.holdout_family else "eval"
+        f"holdout-{args.holdout_family}"
+        if args.holdout_family
+        else (f"labels-{args.label_field}" if args.labels else "eval")
     )
     artifact = args.artifact
-    if artifact is None and args.holdout_family:
+    if artifact is None and (args.holdout_family or args.labels):
+        # Train first: without the held-out family, or on the label file (Experiment 2).
         trained = train(_train_config(args, out / "train", args.holdout_family))
         artifact = str(trained.artifact)
     path = BUILTIN_FAST if artifact in (None, "builtin") else Path(artifact)
