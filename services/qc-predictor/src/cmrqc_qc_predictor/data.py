@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -182,7 +184,9 @@ def default_cache_dir(dataset_root: Path, base: Path | None = None) -> Path:
 
 
 def _save(target: Path, **arrays: NDArray[np.generic]) -> None:
-    tmp = target.with_name(target.name + ".tmp.npz")
+    """Write-then-rename, with a temporary name of this process's own: two trainings
+    preparing the same cache at once each write a whole file and the last rename wins."""
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
     np.savez(tmp, **arrays)  # type: ignore[arg-type]
     tmp.replace(target)
 
