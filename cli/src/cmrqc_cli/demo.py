@@ -28,7 +28,7 @@ from kafka import KafkaConsumer, TopicPartition
 from cmrqc_cli.infra import KafkaCluster, redis_url, start_cluster, start_redis
 from cmrqc_cli.infra.paths import run_dir
 from cmrqc_shared.datasets.splits import DEMO
-from cmrqc_shared.events import QcResult, SegmentationReady
+from cmrqc_shared.events import QcResult, RcaLabel, SegmentationReady
 from cmrqc_shared.settings import KafkaSettings
 from cmrqc_shared.topics import ensure_namespaced_topics
 
@@ -155,7 +155,11 @@ def run_demo(
     )
     partitions = [
         TopicPartition(topic, partition)
-        for topic in (kafka.topic(QcResult.TOPIC), kafka.topic(SegmentationReady.TOPIC))
+        for topic in (
+            kafka.topic(QcResult.TOPIC),
+            kafka.topic(SegmentationReady.TOPIC),
+            *((kafka.topic(RcaLabel.TOPIC),) if with_rca else ()),
+        )
         for partition in sorted(watcher.partitions_for_topic(topic) or ())
     ]
     watcher.assign(partitions)
@@ -163,6 +167,7 @@ def run_demo(
     for partition in partitions:  # resolve the end offsets now, before anything is sent
         watcher.position(partition)
     rows: list[dict[str, Any]] = []
+    rca_rows: list[dict[str, Any]] = []
     try:
         for service in services:
             service.start(common_env, log_dir)
@@ -187,12 +192,21 @@ def run_demo(
         labelmaps: dict[str, SegmentationReady] = {}
         waiting: list[QcResult] = []  # results whose segmentation the watcher has not read yet
         deadline = time.monotonic() + timeout_s
-        while len(rows) < expected and time.monotonic() < deadline:
+        while (len(rows) < expected or (with_rca and len(rca_rows) < expected)) and (
+            time.monotonic() < deadline
+        ):
             for records in watcher.poll(timeout_ms=200).values():
                 for record in records:
                     if record.topic == kafka.topic(SegmentationReady.TOPIC):
                         seg = SegmentationReady.from_bytes(record.value)
                         labelmaps[seg.event_id] = seg
+                    elif record.topic == kafka.topic(RcaLabel.TOPIC):
+                        label = RcaLabel.from_bytes(record.value)
+                        if label.series_instance_uid not in seed_by_series:
+                            continue  # the queue's backlog from an earlier run: not ours
+                        rca_row = _rca_row(label, seed_by_series)
+                        rca_rows.append(rca_row)
+                        _say(as_json, _format_rca_row(rca_row))
                     else:
                         waiting.append(QcResult.from_bytes(record.value))
             overdue = time.monotonic() > deadline - 5
@@ -224,7 +238,29 @@ def run_demo(
         "service_exit_codes": exit_codes,
         "results": rows,
     }
+    if with_rca:
+        summary["rca_labels"] = rca_rows
     return summary
+
+
+def _rca_row(label: RcaLabel, seed_by_series: dict[str, int]) -> dict[str, Any]:
+    shown = label.calibrated_dsc or label.estimated_dsc
+    return {
+        "seed": seed_by_series.get(label.series_instance_uid or ""),
+        "phase": label.cardiac_phase.value,
+        "rca_wh": shown.WH,
+        "calibrated": label.calibrated_dsc is not None,
+        "seconds": label.seconds,
+        "references_used": label.references_used,
+    }
+
+
+def _format_rca_row(row: dict[str, Any]) -> str:
+    kind = "calibrated" if row["calibrated"] else "raw"
+    return (
+        f"seed {row['seed']} {row['phase']}: RCA WH Dice {row['rca_wh']:.3f} ({kind}; "
+        f"{row['references_used']} references registered in {row['seconds']:.1f} s)"
+    )
 
 
 def _row(
