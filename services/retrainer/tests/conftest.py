@@ -60,8 +60,15 @@ def synthetic_cases() -> list[tuple[np.ndarray, np.ndarray, list[list[float]], d
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"test:{uuid.uuid4().hex[:10]}"
+def prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of this test; its keys (retained model artifacts among them, which
+    never expire) are deleted afterwards."""
+    name = f"test:{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{name}:*"):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ def register(subparsers: SubParsers) -> None:
     curve.add_argument("--chunk", type=int, default=100, help="labels per round")
     curve.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs per round")
     curve.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    curve.add_argument(
+        "--keep", action="store_true", help="keep the simulation's labels and registry in Redis"
+    )
     curve.add_argument("--json", action="store_true", help="print one JSON object")
     curve.set_defaults(handler=_curve)
 
@@ -46,6 +49,7 @@ def _curve(args: argparse.Namespace) -> int:
         initial_cases=args.initial_cases,
         chunk=args.chunk,
         epochs=args.epochs,
+        keep=args.keep,
     )
     if args.json:
         sys.stdout.write(json.dumps(summary) + "\n")

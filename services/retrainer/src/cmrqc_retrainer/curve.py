@@ -118,8 +118,10 @@ def run_curve(
     holdout_fraction: float = 0.2,
     min_holdout: int = 10,
     seed: int = 0,
+    keep: bool = False,
 ) -> dict[str, Any]:
-    """Replay the label stream; returns (and writes) the curve."""
+    """Replay the label stream; returns (and writes) the curve. The simulation's label store,
+    registry and model artifacts are deleted from Redis afterwards unless ``keep``."""
     started = time.monotonic()
     dataset = QcDatasets([dataset_root])
     rows = _read_labels(labels_file)
@@ -134,7 +136,7 @@ def run_curve(
     initial = initial_model(dataset, seed_rows, epochs=initial_epochs, seed=seed)
 
     run = f"curve-{uuid.uuid4().hex[:8]}"
-    kafka = kafka.model_copy(update={"topic_namespace": f"{run}."})
+    kafka = kafka.model_copy(update={"topic_namespace": f"{kafka.topic_namespace}{run}."})
     ensure_namespaced_topics(kafka)
     client = redis.Redis.from_url(redis_url)
     blobs = open_blob_store(redis_url)
@@ -223,6 +225,11 @@ def run_curve(
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_curve_png(summary, out / "curve.png")
+    if not keep:
+        for entry in registry.versions("qc-predictor"):
+            blobs.delete(entry.artifact.sha256)  # retained blobs never expire on their own
+        for key in client.scan_iter(match=f"cmrqc:{run}:*"):
+            client.delete(key)
     store.close()
     return summary
 
