@@ -191,6 +191,15 @@ class ServiceSettings(BaseSettings):
         default="json", description="json: one JSON object per line; text: for humans."
     )
 
+    def redis_url(self, explicit: str | None = None) -> str:
+        """A service's own Redis (queue, label store): ``explicit`` if set, else the blob
+        store's Redis, else the local default. Never log it: it may hold a password."""
+        if explicit:
+            return explicit
+        if self.blobs.url.startswith("redis"):
+            return self.blobs.resolved_url()
+        return "redis://127.0.0.1:6379/0"
+
 
 def settings_rows(
     settings_cls: type[BaseModel], env_prefix: str, nested: str = "__"

@@ -19,11 +19,9 @@ spool for the next start, and flushes the publisher.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import deque
-from types import FrameType
 
 from kafka.admin import KafkaAdminClient
 
@@ -36,6 +34,7 @@ from cmrqc_ingest.stow import StowServer, build_stow_app
 from cmrqc_shared.blobs import BlobStore, open_blob_store
 from cmrqc_shared.bus.observability import Heartbeat, ObservabilityServer
 from cmrqc_shared.bus.publisher import EventPublisher
+from cmrqc_shared.bus.signals import stop_on_signals
 from cmrqc_shared.topics import TOPICS, TopicSpec, ensure_topics
 
 logger = logging.getLogger(__name__)
@@ -225,13 +224,7 @@ class IngestService:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT make ``run`` return after a graceful stop (main thread only)."""
-
-        def _on_signal(signum: int, _frame: FrameType | None) -> None:
-            logger.info("signal received; stopping", extra={"signal": signum})
-            self._stop_requested.set()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+        stop_on_signals(self._stop_requested.set)
 
     def request_stop(self) -> None:
         """Ask ``run`` to stop (thread-safe)."""

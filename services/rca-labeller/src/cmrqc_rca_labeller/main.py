@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from collections.abc import Sequence
-from types import FrameType
 
 from cmrqc_rca_labeller.settings import RcaLabellerSettings
+from cmrqc_shared.bus.signals import stop_on_signals
 from cmrqc_shared.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -40,15 +39,7 @@ def main(args: Sequence[str] | None = None) -> int:
 
     service = RcaLabellerService(settings)
 
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal received: draining", extra={"signal": signum})
-        service.stop()
-
-    try:
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
-    except ValueError:  # not the main thread (tests): stop conditions end the run instead
-        pass
+    stop_on_signals(service.stop)  # not in the main thread (tests): stop conditions end it
     try:
         stats = service.run(
             max_cases=options.max_cases,

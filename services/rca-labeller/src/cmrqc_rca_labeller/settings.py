@@ -101,8 +101,4 @@ class RcaLabellerSettings(ServiceSettings):
 
     def resolved_queue_url(self) -> str:
         """The Redis URL of the queue (never log it: it may hold a password)."""
-        if self.queue_url:
-            return self.queue_url
-        if self.blobs.url.startswith("redis"):
-            return self.blobs.resolved_url()
-        return "redis://127.0.0.1:6379/0"
+        return self.redis_url(self.queue_url)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from cmrqc_shared.settings import ServiceSettings, service_settings_config
 
@@ -20,11 +20,11 @@ class RetrainerSettings(ServiceSettings):
         description="Champion while the registry has none promoted: builtin (the committed fast "
         "model) or a path to a .safetensors artifact.",
     )
-    store_url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        description="Redis of the label store and the model registry.",
+    store_url: str | None = Field(
+        default=None,
+        description="Redis of the label store and the model registry (may hold a password); "
+        "unset: the blob store's Redis.",
     )
-    store_password: SecretStr | None = Field(default=None, description="Its password (secret).")
     store_prefix: str = Field(
         default="cmrqc:retrainer", description="Key prefix of the label store."
     )
@@ -67,8 +67,5 @@ class RetrainerSettings(ServiceSettings):
     )
 
     def resolved_store_url(self) -> str:
-        """The store URL with the password filled in (never log this)."""
-        if self.store_password is None:
-            return self.store_url
-        scheme, rest = self.store_url.split("://", 1)
-        return f"{scheme}://:{self.store_password.get_secret_value()}@{rest}"
+        """The store's Redis URL (never log it: it may hold a password)."""
+        return self.redis_url(self.store_url)

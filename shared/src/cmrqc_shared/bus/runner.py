@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import base64
 import logging
-import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Generic, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -42,6 +40,7 @@ from cmrqc_shared.bus.errors import (
     retry_then_dead_letter,
 )
 from cmrqc_shared.bus.observability import Heartbeat, ObservabilityServer, RunnerMetrics
+from cmrqc_shared.bus.signals import stop_on_signals
 from cmrqc_shared.events import DeadLetter, Event, ProducerInfo, utc_now
 from cmrqc_shared.logs import correlation
 from cmrqc_shared.settings import KafkaSettings, RunnerSettings
@@ -177,13 +176,7 @@ class StreamRunner(Generic[E]):
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT drain and commit (call from the main thread)."""
-
-        def _on_signal(signum: int, _frame: FrameType | None) -> None:
-            logger.info("signal received: draining", extra={"signal": signum})
-            self.stop()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+        stop_on_signals(self.stop)
 
     def run(
         self,
