@@ -19,13 +19,14 @@ import json
 import logging
 import math
 import re
-import struct
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cmrqc_shared.safetensors_header import read_safetensors_metadata as read_metadata
 
 if TYPE_CHECKING:
     import redis
@@ -372,24 +373,9 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_models_topic(kafka: KafkaSettings) -> None:
-    """Create the compacted models topic if missing (a broker would otherwise auto-create it
-    with the default, time-expiring cleanup policy, and the current model would age out)."""
-    from kafka.admin import KafkaAdminClient
-
-    from cmrqc_shared.events import ModelPublished
-    from cmrqc_shared.topics import TOPIC_BY_NAME, TopicSpec, ensure_topics
-
-    spec = TOPIC_BY_NAME[ModelPublished.TOPIC]
-    admin = KafkaAdminClient(client_id="cmrqc-models", **kafka.client_config())
-    try:
-        ensure_topics(admin, [TopicSpec(**{**spec.__dict__, "name": kafka.topic(spec.name)})])
-    finally:
-        admin.close()
-
-
 def _promote(args: argparse.Namespace) -> int:
     from cmrqc_shared.bus.publisher import EventPublisher
+    from cmrqc_shared.topics import ensure_namespaced_topics
 
     name = _check_name(args.name)
     reason = args.reason.strip()
@@ -402,7 +388,8 @@ def _promote(args: argparse.Namespace) -> int:
         registry = backends.registry()
         registry.get(name, args.version)  # unknown version: refused before touching Kafka
         previous = registry.current(name)
-        _ensure_models_topic(backends.kafka)
+        # The models topic is compacted: a broker auto-creating it would expire the current model.
+        ensure_namespaced_topics(backends.kafka, client_id="cmrqc-models")
         with EventPublisher(backends.kafka, client_id="cmrqc-models") as publisher:
             event = backends.registry(publisher).promote(name, args.version, reason)
     action = (
@@ -431,51 +418,15 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def read_safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` strings of a safetensors file, without loading any tensor.
-
-    The layout is an 8-byte little-endian header length, a JSON header (tensor name →
-    dtype, shape, data_offsets; plus ``__metadata__``), then the tensor bytes.
+    """``cmrqc_shared.safetensors_header.read_safetensors_metadata``, refusing as the CLI does.
 
     Raises:
         ModelsCommandError: the bytes are not a well-formed safetensors file.
     """
-
-    def refuse(why: str) -> ModelsCommandError:
-        return ModelsCommandError(f"not a safetensors file: {why}")
-
-    if len(data) < 8:
-        raise refuse(f"{len(data)} bytes, shorter than the header length field")
-    (header_size,) = struct.unpack("<Q", data[:8])
-    if header_size > len(data) - 8:
-        raise refuse(f"header of {header_size} bytes in a {len(data)}-byte file")
     try:
-        header = json.loads(data[8 : 8 + header_size])
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
-        raise refuse(f"header is not JSON ({error})") from error
-    if not isinstance(header, dict):
-        raise refuse("header is not a JSON object")
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        raise refuse("__metadata__ is not an object")
-    body = len(data) - 8 - header_size
-    end = 0
-    for tensor, info in header.items():
-        if tensor == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1]
-        ):
-            raise refuse(f"tensor {tensor!r} has bad data_offsets {offsets!r}")
-        end = max(end, offsets[1])
-    if end > body:
-        raise refuse(f"truncated: the tensors need {end} data bytes, the file has {body}")
-    if end < body:
-        raise refuse(f"{body - end} data bytes after the last tensor")
-    return {str(key): str(value) for key, value in metadata.items()}
+        return read_metadata(data)
+    except ValueError as error:
+        raise ModelsCommandError(str(error)) from error
 
 
 def _key_values(items: list[str], option: str) -> dict[str, str]:

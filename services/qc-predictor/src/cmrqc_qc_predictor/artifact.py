@@ -18,7 +18,6 @@ Layout of an artifact (``.safetensors``; tensors can never run code when loaded)
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
 from cmrqc_qc_predictor.conformal import ConformalCalibration
 from cmrqc_qc_predictor.models import build_model
 from cmrqc_qc_predictor.prepare import INPUT_CONTRACT
+from cmrqc_shared.safetensors_header import read_safetensors_metadata
 
 ARTIFACT_FORMAT = "cmrqc-qc-model-v1"
 MODEL_PREFIX = "model."
@@ -96,19 +96,12 @@ def read_metadata(data: bytes) -> dict[str, str]:
     """The string metadata of a safetensors file, without loading its tensors.
 
     Raises:
-        ArtifactError: ``corrupt`` when the header cannot be parsed.
+        ArtifactError: ``corrupt`` when the file is not a well-formed safetensors file.
     """
     try:
-        (header_size,) = struct.unpack("<Q", data[:8])
-        if header_size > len(data) - 8:
-            raise ValueError(f"header of {header_size} bytes in a {len(data)}-byte file")
-        header = json.loads(data[8 : 8 + header_size])
-        metadata = header.get("__metadata__", {})
-        if not isinstance(metadata, dict):
-            raise ValueError("__metadata__ is not an object")
-        return {str(k): str(v) for k, v in metadata.items()}
-    except (struct.error, ValueError, UnicodeDecodeError) as error:
-        raise ArtifactError("corrupt", f"not a safetensors file: {error}") from error
+        return read_safetensors_metadata(data)
+    except ValueError as error:
+        raise ArtifactError("corrupt", str(error)) from error
 
 
 def check_compatible(metadata: dict[str, str]) -> None:

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from cmrqc_rca_labeller.engine import CLASS_NAMES
 from cmrqc_shared.events import ClassScores
 
-CLASSES = ("BG", "LV", "LVM", "RVC", "WH")
+CLASSES = CLASS_NAMES
 BUILTIN_CALIBRATION = Path(__file__).parent / "calibration" / "synthetic-k100.json"
 
 

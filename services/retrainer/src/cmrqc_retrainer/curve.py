@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,13 @@ import torch
 
 from cmrqc_qc_predictor.artifact import QcModel, artifact_bytes, load_artifact
 from cmrqc_qc_predictor.conformal import ConformalCalibration
-from cmrqc_qc_predictor.data import QcDatasets, balanced_split, fast_arrays, fast_arrays_from_cases
+from cmrqc_qc_predictor.data import (
+    FastArrays,
+    QcDatasets,
+    balanced_split,
+    fast_arrays,
+    fast_arrays_from_cases,
+)
 from cmrqc_qc_predictor.models import FAST_ARCHITECTURE, FastConfig, FastQcNet
 from cmrqc_qc_predictor.training import fit_fast, predict_fast_arrays
 from cmrqc_retrainer.labels import CLASSES, LabelledCase, LabelStore, split_of
@@ -51,6 +58,12 @@ def _read_labels(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _rows(arrays: FastArrays, rows: slice) -> FastArrays:
+    return FastArrays(
+        arrays.crops[rows], arrays.features[rows], arrays.references[rows], arrays.targets[rows]
+    )
+
+
 def initial_model(
     dataset: QcDatasets, rows: list[dict[str, Any]], *, epochs: int, seed: int = 0
 ) -> QcModel:
@@ -66,12 +79,7 @@ def initial_model(
         targets.append([row["true_dsc"][c] for c in CLASSES])
     arrays = fast_arrays_from_cases(cases, np.asarray(targets, np.float32))
     cut = max(1, int(len(rows) * 0.8))
-    fit = type(arrays)(
-        arrays.crops[:cut], arrays.features[:cut], arrays.references[:cut], arrays.targets[:cut]
-    )
-    val = type(arrays)(
-        arrays.crops[cut:], arrays.features[cut:], arrays.references[cut:], arrays.targets[cut:]
-    )
+    fit, val = _rows(arrays, slice(None, cut)), _rows(arrays, slice(cut, None))
     torch.manual_seed(seed)
     config = FastConfig(aux=False)
     network = FastQcNet(config)
@@ -94,12 +102,7 @@ def initial_model(
         calibration=ConformalCalibration.fit(val_predicted, val.targets),
         name="qc-predictor",
         version=f"curve-initial-{len(rows)}gt",
-        options={
-            "stem": config.stem,
-            "widths": list(config.widths),
-            "hidden": config.hidden,
-            "aux": False,
-        },
+        options=asdict(config),
     )
     return load_artifact(data)
 

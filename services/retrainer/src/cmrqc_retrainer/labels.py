@@ -26,10 +26,12 @@ from typing import Any, Literal
 
 import redis
 
+from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
 from cmrqc_shared.blobs import BlobRef
 
 LabelSource = Literal["groundtruth", "rca"]
-CLASSES = ("BG", "LV", "LVM", "RVC", "WH")
+CLASSES = OUTPUT_CLASSES
+"""The five labels, in the QC predictor's output order."""
 
 _RECORD = """
 local existing = redis.call('GET', KEYS[1])

@@ -24,13 +24,13 @@ import redis
 
 from cmrqc_qc_predictor.artifact import BUILTIN_FAST, QcModel, load_artifact_file
 from cmrqc_retrainer import __version__
-from cmrqc_retrainer.labels import LabelledCase, LabelStore
+from cmrqc_retrainer.labels import LabelledCase, LabelSource, LabelStore
 from cmrqc_retrainer.settings import RetrainerSettings
 from cmrqc_retrainer.worker import Decision, Retrainer
 from cmrqc_shared.blobs import BlobError, BlobStore, open_blob_store
 from cmrqc_shared.bus import PermanentError, RecordContext, StreamRunner
 from cmrqc_shared.bus.publisher import EventPublisher
-from cmrqc_shared.events import GroundTruthSubmitted, ProducerInfo, RcaLabel
+from cmrqc_shared.events import ClassScores, GroundTruthSubmitted, ProducerInfo, RcaLabel
 from cmrqc_shared.metrics import dice_per_class
 from cmrqc_shared.registry import ModelRegistry
 from cmrqc_shared.topics import ensure_namespaced_topics
@@ -40,35 +40,49 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "retrainer"
 
 
+def _labelled_case(
+    event: RcaLabel | GroundTruthSubmitted,
+    scores: ClassScores,
+    source: LabelSource,
+    provenance: dict[str, str],
+) -> LabelledCase:
+    """The label store's record of a label event (both topics carry the same references).
+
+    Raises:
+        PermanentError: ``missing-geometry`` when the event has no affine.
+    """
+    if event.affine is None:
+        raise PermanentError(
+            "missing-geometry",
+            f"{type(event).__name__} carries no affine: the retrainer cannot prepare it",
+        )
+    return LabelledCase(
+        segmentation_event_id=event.segmentation_event_id,
+        series_instance_uid=event.series_instance_uid or event.segmentation_event_id,
+        volume=event.volume,
+        labelmap=event.labelmap,
+        affine=[list(row) for row in event.affine],
+        dsc=scores.model_dump(),
+        source=source,
+        label_event_id=event.event_id,
+        provenance=provenance,
+    )
+
+
 def rca_handler(store: LabelStore, prefer_calibrated: bool):  # type: ignore[no-untyped-def]
     """Intake handler for ``cmrqc.rca.v1``."""
 
     def handle(event: RcaLabel, _ctx: RecordContext) -> Sequence[object]:
-        if event.affine is None:
-            raise PermanentError(
-                "missing-geometry", "RcaLabel carries no affine: the retrainer cannot prepare it"
-            )
         scores = (
             event.calibrated_dsc
             if prefer_calibrated and event.calibrated_dsc is not None
             else event.estimated_dsc
         )
-        outcome = store.record(
-            LabelledCase(
-                segmentation_event_id=event.segmentation_event_id,
-                series_instance_uid=event.series_instance_uid or event.segmentation_event_id,
-                volume=event.volume,
-                labelmap=event.labelmap,
-                affine=[list(row) for row in event.affine],
-                dsc=scores.model_dump(),
-                source="rca",
-                label_event_id=event.event_id,
-                provenance={
-                    "reference_set": event.reference_set,
-                    "estimate": "calibrated" if scores is event.calibrated_dsc else "max",
-                },
-            )
-        )
+        provenance = {
+            "reference_set": event.reference_set,
+            "estimate": "calibrated" if scores is event.calibrated_dsc else "max",
+        }
+        outcome = store.record(_labelled_case(event, scores, "rca", provenance))
         logger.debug("rca label", extra={"outcome": outcome, "event_id": event.event_id})
         return []
 
@@ -79,11 +93,8 @@ def groundtruth_handler(store: LabelStore, blobs: BlobStore):  # type: ignore[no
     """Intake handler for ``cmrqc.groundtruth.v1``: the true Dice, computed if not given."""
 
     def handle(event: GroundTruthSubmitted, _ctx: RecordContext) -> Sequence[object]:
-        if event.affine is None:
-            raise PermanentError(
-                "missing-geometry",
-                "GroundTruthSubmitted carries no affine: the retrainer cannot prepare it",
-            )
+        if event.affine is None:  # refused before any blob is read
+            raise PermanentError("missing-geometry", "GroundTruthSubmitted carries no affine")
         scores = event.true_dsc
         if scores is None:
             try:
@@ -97,19 +108,7 @@ def groundtruth_handler(store: LabelStore, blobs: BlobStore):  # type: ignore[no
                     f"labelmap {predicted.shape} and verified labelmap {verified.shape} differ",
                 )
             scores = dice_per_class(np.asarray(predicted), np.asarray(verified))
-        store.record(
-            LabelledCase(
-                segmentation_event_id=event.segmentation_event_id,
-                series_instance_uid=event.series_instance_uid or event.segmentation_event_id,
-                volume=event.volume,
-                labelmap=event.labelmap,
-                affine=[list(row) for row in event.affine],
-                dsc=scores.model_dump(),
-                source="groundtruth",
-                label_event_id=event.event_id,
-                provenance={"annotator": event.annotator},
-            )
-        )
+        store.record(_labelled_case(event, scores, "groundtruth", {"annotator": event.annotator}))
         return []
 
     return handle

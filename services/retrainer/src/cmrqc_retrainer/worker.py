@@ -33,15 +33,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from cmrqc_qc_predictor.artifact import QcModel, artifact_bytes, load_artifact
 from cmrqc_qc_predictor.conformal import ConformalCalibration
 from cmrqc_qc_predictor.data import FastArrays, fast_arrays_from_cases
 from cmrqc_qc_predictor.models import FAST_ARCHITECTURE, FastQcNet
-from cmrqc_qc_predictor.prepare import InputError, spacing_from_affine
+from cmrqc_qc_predictor.prepare import InputError, check_pair, spacing_from_affine
+from cmrqc_qc_predictor.scoring import mae_per_class
 from cmrqc_qc_predictor.training import fit_fast, predict_fast_arrays
-from cmrqc_retrainer.labels import CLASSES, LabelledCase, LabelStore
+from cmrqc_retrainer.labels import LabelledCase, LabelStore
 from cmrqc_retrainer.settings import RetrainerSettings
 from cmrqc_shared.blobs import BlobError, BlobStore
 from cmrqc_shared.registry import ModelRegistry
@@ -78,11 +78,6 @@ class Decision:
 def _in_validation(case: LabelledCase) -> bool:
     digest = hashlib.sha256(f"{VALIDATION_SALT}|{case.series_instance_uid}".encode()).digest()
     return digest[0] < 26  # about 10 %
-
-
-def _mae(predicted: NDArray[np.floating], true: NDArray[np.floating]) -> dict[str, float]:
-    errors = np.abs(np.asarray(predicted) - np.asarray(true)).mean(axis=0)
-    return {name: float(errors[i]) for i, name in enumerate(CLASSES)}
 
 
 class Retrainer:
@@ -137,42 +132,29 @@ class Retrainer:
     def arrays(self, cases: list[LabelledCase]) -> tuple[FastArrays | None, int]:
         """Fast-model inputs of ``cases``; cases whose blobs are gone or whose pair the
         predictor would refuse are skipped (and counted)."""
-        inputs = []
+        usable = []
         targets = []
-        skipped = 0
         for case in cases:
             try:
                 volume = self.blobs.get_array(case.volume)
                 labels = self.blobs.get_array(case.labelmap)
+                check_pair(volume, labels)
                 row_mm, col_mm, slice_mm = spacing_from_affine(case.affine)
-                single = fast_arrays_from_cases(
-                    [(volume, labels, (row_mm, col_mm), slice_mm)],
-                    np.asarray([case.targets()], np.float32),
-                )
-            except (BlobError, InputError, ValueError) as error:
-                skipped += 1
+                if min(row_mm, col_mm, slice_mm) <= 0:
+                    raise InputError("invalid-spacing", f"spacing {row_mm, col_mm, slice_mm}")
+            except (BlobError, InputError) as error:
                 logger.warning(
                     "label skipped: %s",
                     error,
-                    extra={
-                        "segmentation_event_id": case.segmentation_event_id,
-                        "error": str(error),
-                    },
+                    extra={"segmentation_event_id": case.segmentation_event_id},
                 )
                 continue
-            inputs.append(single)
+            usable.append((volume, labels, (row_mm, col_mm), slice_mm))
             targets.append(case.targets())
-        if not inputs:
+        skipped = len(cases) - len(usable)
+        if not usable:
             return None, skipped
-        return (
-            FastArrays(
-                crops=np.concatenate([a.crops for a in inputs]),
-                features=np.concatenate([a.features for a in inputs]),
-                references=np.concatenate([a.references for a in inputs]),
-                targets=np.asarray(targets, np.float32),
-            ),
-            skipped,
-        )
+        return fast_arrays_from_cases(usable, np.asarray(targets, np.float32)), skipped
 
     def run_once(self) -> Decision | None:
         """One round if ``ready()``; None otherwise (or when too few usable labels remain)."""
@@ -223,8 +205,8 @@ class Retrainer:
         challenger_predicted = predict_fast_arrays(
             challenger, holdout_data.crops, holdout_data.features
         )
-        champion_mae = _mae(champion_predicted, holdout_data.targets)
-        challenger_mae = _mae(challenger_predicted, holdout_data.targets)
+        champion_mae = mae_per_class(champion_predicted, holdout_data.targets)
+        challenger_mae = mae_per_class(challenger_predicted, holdout_data.targets)
         calibration = ConformalCalibration.fit(val_predicted, val_data.targets)
         better_by = champion_mae["WH"] - challenger_mae["WH"]
         promote = better_by > settings.promote_margin
