@@ -14,14 +14,22 @@ and the volume is float32.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from cmrqc_ingest.frames import Frame, FrameError, InstanceHeader, PixelLoader, read_instance
+from cmrqc_ingest.frames import (
+    Frame,
+    FrameError,
+    InstanceHeader,
+    InstanceRecord,
+    PixelLoader,
+    PixelLocation,
+    read_instance_record,
+)
 from cmrqc_ingest.geometry import (
     GeometryError,
     SliceStack,
@@ -93,19 +101,39 @@ def instance_set_digest(sop_instance_uids: Sequence[str]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_series(paths: Sequence[Path]) -> tuple[list[InstanceHeader], list[Frame], set[str]]:
+def read_series(
+    paths: Sequence[Path], records: Mapping[Path, InstanceRecord] | None = None
+) -> tuple[list[InstanceHeader], list[Frame], set[str]]:
     """Headers and frames of every file, one per SOPInstanceUID, plus identifiers to scrub.
+
+    ``records``: headers already read (``frames.read_instance_record``) by path; the other
+    files are read here.
 
     Raises:
         AssemblyError: a file cannot be read or lacks geometry.
     """
+    series = _read_series(paths, records or {})
+    return series.headers, series.frames, series.identifiers
+
+
+@dataclass
+class _SeriesFiles:
+    headers: list[InstanceHeader]
+    frames: list[Frame]
+    identifiers: set[str]
+    pixels: dict[Path, PixelLocation]
+    """Pixel data locations of the files that have one (see ``frames.PixelLocation``)."""
+
+
+def _read_series(paths: Sequence[Path], records: Mapping[Path, InstanceRecord]) -> _SeriesFiles:
     headers: list[InstanceHeader] = []
     frames: list[Frame] = []
     identifiers: set[str] = set()
+    pixels: dict[Path, PixelLocation] = {}
     seen: set[str] = set()
     for path in sorted(paths):
         try:
-            header, instance_frames, ids = read_instance(path)
+            record = records.get(path) or read_instance_record(path)
         except FrameError as error:
             raise AssemblyError(error.reason, error.message, {"file": path.name}) from None
         except Exception as error:  # a spooled file pydicom can no longer parse
@@ -114,15 +142,18 @@ def read_series(paths: Sequence[Path]) -> tuple[list[InstanceHeader], list[Frame
                 f"cannot read a spooled instance ({type(error).__name__})",
                 {"file": path.name},
             ) from None
-        identifiers.update(ids)
+        identifiers.update(record.identifiers)
+        header = record.header
         if header.sop_instance_uid in seen:
             continue
         seen.add(header.sop_instance_uid)
         headers.append(header)
-        frames.extend(instance_frames)
+        frames.extend(record.frames)
+        if record.pixels is not None:
+            pixels[path] = record.pixels
     if not frames:
         raise AssemblyError("empty-series", "no frames in the series")
-    return headers, frames, identifiers
+    return _SeriesFiles(headers, frames, identifiers, pixels)
 
 
 def assemble_series(
@@ -131,6 +162,7 @@ def assemble_series(
     min_slices: int = 3,
     publish_all_phases: bool = False,
     min_obliquity_deg: float = MIN_OBLIQUITY_DEG,
+    records: Mapping[Path, InstanceRecord] | None = None,
 ) -> AssembledSeries:
     """Assemble the spooled files of one series into ED/ES volumes.
 
@@ -139,13 +171,16 @@ def assemble_series(
         min_slices: fewer slice positions is not a short-axis stack (skipped).
         publish_all_phases: also return the phases other than ED and ES.
         min_obliquity_deg: see rule ``not-oblique``.
+        records: headers of some of ``paths`` already read (``read_instance_record``, e.g.
+            while the series was arriving); the rest are read here. Same result either way.
 
     Raises:
         SeriesSkipped: the series is not short-axis cine MR (a rule in ``rules`` matched).
         AssemblyError: the series cannot be assembled (inconsistent geometry or phases,
             undecodable pixels, unreadable files).
     """
-    headers, frames, _ = read_series(paths)
+    files = _read_series(paths, records or {})
+    headers, frames = files.headers, files.frames
     check_headers(headers)
     try:
         normal = check_common_plane(frames)
@@ -161,7 +196,7 @@ def assemble_series(
     except (GeometryError, PhaseError) as error:
         raise AssemblyError(error.reason, error.message) from None
 
-    loader = PixelLoader()
+    loader = PixelLoader(files.pixels)
     try:
         es = select_es(phases, lambda f: _rescaled(loader.frame(f), f))
         selected = [(CardiacPhase.ED, phases[0]), (CardiacPhase.ES, phases[es])]
@@ -187,7 +222,7 @@ def _build_phase(name: CardiacPhase, phase: CinePhase, loader: PixelLoader) -> A
     unsigned = all(p.dtype.kind in "ub" and p.dtype.itemsize <= 2 for p in planes)
     volume: NDArray[np.uint16] | NDArray[np.float32]
     if identity and unsigned:
-        volume = np.stack(planes).astype(np.uint16)
+        volume = np.stack(planes).astype(np.uint16, copy=False)
     else:
         volume = np.stack([_rescaled(p, f) for p, f in zip(planes, phase.frames, strict=True)])
     return AssembledPhase(

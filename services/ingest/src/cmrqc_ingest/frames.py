@@ -3,13 +3,22 @@
 A classic MR Image Storage instance is one frame; an Enhanced MR instance holds many, with
 geometry and timing in its functional groups (per-frame first, then shared). Everything
 downstream (slice sorting, phase split, volume building) works on :class:`Frame` records,
-so both kinds assemble the same way. Headers are read without pixel data; pixels are
-decoded later, only for the frames a published volume needs (:class:`PixelLoader`).
+so both kinds assemble the same way. Headers are read without decoding pixel data; pixels
+are decoded later, only for the frames a published volume needs (:class:`PixelLoader`).
+
+Each file is parsed once: reading the header also notes where an uncompressed instance's
+pixel data lies in the file (:class:`PixelLocation`), so decoding it later reads just those
+bytes and hands them to pydicom's decoder with the same options ``Dataset.pixel_array``
+would use, instead of parsing the whole data set a second time. Compressed, deflated or
+big-endian data, and anything unusual, are decoded the general way (``dcmread`` and
+``pixel_array``).
 """
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +26,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import EnhancedMRImageStorage
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import as_pixel_options
+from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+#: Transfer syntaxes whose pixel data is a plain byte run in the file (PixelLocation).
+_LOCATABLE_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+_PIXEL_DATA_TAG = 0x7FE00010
+_OTHER_PIXEL_TAGS = (0x7FE00008, 0x7FE00009)  # FloatPixelData, DoubleFloatPixelData
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Values larger than this are skipped, not copied, while parsing a header (as at receive).
+_DEFER_SIZE = 4096
 
 
 class FrameError(Exception):
@@ -75,6 +95,81 @@ class InstanceHeader:
     protocol_name: str
 
 
+@dataclass(frozen=True)
+class PixelLocation:
+    """Where an uncompressed instance's pixel data lies in its file, and how to decode it."""
+
+    offset: int
+    """Byte offset of the PixelData value in the file."""
+    length: int
+    """Length of the PixelData value, bytes."""
+    transfer_syntax_uid: str
+    options: tuple[tuple[str, Any], ...]
+    """Decoder options: the Image Pixel elements, as ``Dataset.pixel_array`` passes them."""
+
+    def decode(self, path: Path) -> NDArray[Any]:
+        """The pixel array of the file at ``path``, exactly as ``dcmread(path).pixel_array``.
+
+        Raises:
+            Exception: pydicom's errors on data that does not match its description (for
+                example a file cut short inside the pixel data).
+        """
+        with open(path, "rb") as handle:
+            handle.seek(self.offset)
+            buffer = handle.read(self.length)
+        array, _ = get_decoder(self.transfer_syntax_uid).as_array(
+            buffer, validate=True, raw=False, decoding_plugin="", **dict(self.options)
+        )
+        return np.asarray(array)
+
+
+def locate_pixel_data(ds: Dataset, file_size: int) -> PixelLocation | None:
+    """The :class:`PixelLocation` of a data set parsed from a whole Part 10 file, if simple.
+
+    Only native little-endian data with a defined length that lies wholly inside the file is
+    located; anything else (compressed, deflated, big endian, float pixel data, a truncated
+    file, an unusual pixel description) returns None and is decoded the general way, which
+    raises the same errors as before.
+    """
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if ts not in _LOCATABLE_SYNTAXES:
+        return None
+    element = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
+    if not isinstance(element, RawDataElement) or any(t in ds for t in _OTHER_PIXEL_TAGS):
+        return None
+    length, offset = int(element.length), element.value_tell
+    if (
+        not element.is_little_endian
+        or length == _UNDEFINED_LENGTH
+        or offset is None
+        or offset + length > file_size
+    ):
+        return None
+    try:
+        options = as_pixel_options(ds)
+    except Exception:  # a malformed Image Pixel value: let pixel_array report it
+        return None
+    options["pixel_keyword"] = "PixelData"
+    return PixelLocation(
+        offset=int(offset),
+        length=length,
+        transfer_syntax_uid=ts,
+        options=tuple(sorted(options.items())),
+    )
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What one file's header gives: see :func:`read_instance`."""
+
+    header: InstanceHeader
+    frames: list[Frame]
+    identifiers: list[str]
+    pixels: PixelLocation | None
+    """Where the pixel data lies, when it can be decoded without re-parsing the file."""
+
+
 def read_instance(path: Path) -> tuple[InstanceHeader, list[Frame], list[str]]:
     """Read one spooled file's header: (series attributes, frames, patient identifiers).
 
@@ -85,7 +180,44 @@ def read_instance(path: Path) -> tuple[InstanceHeader, list[Frame], list[str]]:
         FrameError: geometry or pixel attributes missing or malformed.
         Exception: pydicom's errors on a file that cannot be parsed any more.
     """
-    ds = dcmread(path, stop_before_pixels=True)
+    record = read_instance_record(path)
+    return record.header, record.frames, record.identifiers
+
+
+def read_instance_record(path: Path) -> InstanceRecord:
+    """:func:`read_instance`, plus where the pixel data lies (:func:`locate_pixel_data`).
+
+    The file is read once into memory and parsed whole, pixel data skipped rather than
+    copied (as ``inspect_instance`` does at receive time). Should that parse fail on
+    something after the pixel data, the header is parsed up to the pixel data only, as
+    before, and the pixels are left to the general decoder to judge.
+
+    Raises:
+        FrameError: geometry or pixel attributes missing or malformed.
+        Exception: pydicom's errors on a file that cannot be parsed any more.
+    """
+    data = path.read_bytes()
+    pixels: PixelLocation | None
+    try:
+        ds = dcmread(io.BytesIO(data), defer_size=_DEFER_SIZE)
+        pixels = locate_pixel_data(ds, len(data))
+    except Exception:  # e.g. a malformed element after the pixel data
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+        pixels = None
+    return _record(ds, path, pixels)
+
+
+def record_from_dataset(ds: Dataset, file_size: int, path: Path) -> InstanceRecord:
+    """:func:`read_instance_record` from the data set ``inspect_instance`` parsed at receive
+    time out of the same bytes that were spooled to ``path`` (no second parse).
+
+    Raises:
+        FrameError: geometry or pixel attributes missing or malformed.
+    """
+    return _record(ds, path, locate_pixel_data(ds, file_size))
+
+
+def _record(ds: Dataset, path: Path, pixels: PixelLocation | None) -> InstanceRecord:
     header = InstanceHeader(
         sop_class_uid=str(ds.get("SOPClassUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
@@ -108,7 +240,7 @@ def read_instance(path: Path) -> tuple[InstanceHeader, list[Frame], list[str]]:
         frames = _enhanced_frames(ds, path, header.sop_instance_uid)
     else:
         frames = [_classic_frame(ds, path, header.sop_instance_uid)]
-    return header, frames, identifiers
+    return InstanceRecord(header=header, frames=frames, identifiers=identifiers, pixels=pixels)
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -258,11 +390,13 @@ def _enhanced_frames(ds: Dataset, path: Path, sop_uid: str) -> list[Frame]:
 class PixelLoader:
     """Decodes pixel data on demand, one file at a time, caching the file being read.
 
-    Decoding uses pydicom's pixel pipeline with the installed pylibjpeg plugins, so every
-    transfer syntax the SCP accepts decodes here.
+    A file with a known :class:`PixelLocation` is decoded from just its pixel bytes; any
+    other goes through pydicom's pixel pipeline with the installed pylibjpeg plugins, so
+    every transfer syntax the SCP accepts decodes here.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, locations: Mapping[Path, PixelLocation] | None = None) -> None:
+        self._locations: Mapping[Path, PixelLocation] = locations or {}
         self._path: Path | None = None
         self._array: NDArray[Any] | None = None
 
@@ -274,9 +408,12 @@ class PixelLoader:
         """
         if frame.path != self._path:
             self._array = None
+            location = self._locations.get(frame.path)
             try:
-                ds = dcmread(frame.path)
-                array = np.asarray(ds.pixel_array)
+                if location is not None:
+                    array = location.decode(frame.path)
+                else:
+                    array = np.asarray(dcmread(frame.path).pixel_array)
             except Exception as error:  # decoders raise many types on corrupt data
                 raise FrameError(
                     "undecodable-pixels",

@@ -12,6 +12,12 @@ Failure policy:
   topic, files moved to ``spool/dead``);
 * a blob store or Kafka failure is transient: the series stays spooled and is retried
   every ``assembly_retry_s`` (never dropped); readiness reports it.
+
+Read-ahead: an instance received over C-STORE or STOW-RS is queued, and the assembler thread
+reads its header (geometry, timing, where its pixel data lies) between arrivals, so that when
+the series completes only the pixels are left to read. Results are the same as reading every
+file at assembly time (which is what happens for anything not read ahead: backfill, spool
+recovery, a file that failed to parse); it only moves the work off the completion path.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+
+from pydicom.dataset import Dataset
 
 from cmrqc_ingest.assembly import (
     AssembledSeries,
@@ -31,12 +40,15 @@ from cmrqc_ingest.assembly import (
     instance_set_digest,
     read_series,
 )
+from cmrqc_ingest.frames import InstanceRecord, read_instance_record, record_from_dataset
 from cmrqc_ingest.instance import (
     InstanceInfo,
     InstanceLimits,
     InstanceRejected,
     decodable_transfer_syntaxes,
     inspect_instance,
+    inspect_instance_dataset,
+    quiet_value_validation,
 )
 from cmrqc_ingest.metrics import IngestMetrics
 from cmrqc_ingest.publishing import (
@@ -60,6 +72,11 @@ logger = logging.getLogger(__name__)
 
 _SKIPPED_MEMORY = 4096
 _TOMBSTONE_AGE_S = 24 * 3600.0
+#: Read-ahead: headers kept at most (about 1-2 KB each), and time spent per assembler pass.
+_READ_AHEAD_MAX_RECORDS = 20000
+_READ_AHEAD_BUDGET_S = 0.003
+#: Queued instances that keep their parsed header (each holds its bytes, ~0.1-1 MB).
+_READ_AHEAD_MAX_PARSED = 256
 
 
 @dataclass(frozen=True)
@@ -122,6 +139,7 @@ class IngestPipeline:
             max_series_instances=settings.max_series_instances,
         )
         self.transfer_syntaxes = decodable_transfer_syntaxes()
+        quiet_value_validation()  # no identifiers in pydicom's warnings
         self._clock = clock
         self._skipped_series: OrderedDict[str, None] = OrderedDict()
         self._skipped_lock = threading.Lock()
@@ -129,6 +147,10 @@ class IngestPipeline:
         self.downstream_ok = True
         """False while the blob store or Kafka fails (readiness)."""
         self._last_gc = 0.0
+        self._read_ahead_queue: deque[tuple[Path, Dataset | None, int]] = deque()
+        """Spooled files whose headers the assembler thread reads ahead (thread-safe)."""
+        self._read_ahead: dict[Path, InstanceRecord] = {}
+        """Headers read ahead, by spooled path; used under the assembly lock only."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -220,6 +242,19 @@ class IngestPipeline:
             result = ReceiveResult(
                 StoreStatus.PROCESSING_FAILURE, "internal-error", type(error).__name__
             )
+        self._count(source, result)
+        return result
+
+    def record_refusal(
+        self, source: IngestSource, status: StoreStatus, reason: str, message: str
+    ) -> ReceiveResult:
+        """Count and log an instance the network layer refused before it was complete (for
+        example one larger than ``max_instance_bytes``, never held in memory)."""
+        result = ReceiveResult(status, reason, message)
+        self._count(source, result)
+        return result
+
+    def _count(self, source: IngestSource, result: ReceiveResult) -> None:
         self.metrics.instances_received.labels(source.value, result.status.label).inc()
         if result.status != StoreStatus.SUCCESS:
             self.metrics.instances_rejected.labels(
@@ -234,7 +269,6 @@ class IngestPipeline:
                     "source": source.value,
                 },
             )
-        return result
 
     def _receive(
         self,
@@ -252,7 +286,7 @@ class IngestPipeline:
             # 0xA700 refused, out of resources: spool watermark or free disk
             return ReceiveResult(StoreStatus.OUT_OF_RESOURCES, "spool-full", str(error))
         try:
-            info = inspect_instance(
+            info, dataset = inspect_instance_dataset(
                 data,
                 received_at=datetime.now(UTC),
                 limits=self.limits,
@@ -302,6 +336,12 @@ class IngestPipeline:
                 self.spool.remove_file(spooled.path)
             self.metrics.instances_duplicate.inc()
             return ReceiveResult(StoreStatus.SUCCESS, "duplicate", "", **ids)
+        if source != IngestSource.BACKFILL:
+            # backfill assembles in its own loop, on its own schedule: nothing to read ahead
+            # the parsed header goes along while the queue is short (it holds the bytes)
+            keep = len(self._read_ahead_queue) < _READ_AHEAD_MAX_PARSED
+            self._read_ahead_queue.append((spooled.path, dataset if keep else None, len(data)))
+            self.tracker.wakeup.set()
         self.metrics.spool_bytes.set(self.spool.used_bytes)
         return ReceiveResult(StoreStatus.SUCCESS, "stored", "", **ids)
 
@@ -331,8 +371,13 @@ class IngestPipeline:
     # -- assembling ----------------------------------------------------------------------
 
     def assemble_ready(self, now: float | None = None) -> list[SeriesOutcome]:
-        """Assemble every complete series; returns what happened to each."""
+        """Assemble every complete series; returns what happened to each.
+
+        First reads ahead the headers of arriving instances, for a few milliseconds; if some
+        are left it sets ``tracker.wakeup`` so that the assembler comes back soon.
+        """
         with self._assembly_lock:
+            self._read_headers_ahead()  # first: the instance that completed a series, too
             outcomes = [self.assemble(s) for s in self.tracker.take_ready(now)]
             self._maybe_collect_garbage()
             self._update_gauges()
@@ -348,6 +393,35 @@ class IngestPipeline:
     def _update_gauges(self) -> None:
         self.metrics.spool_bytes.set(self.spool.used_bytes)
         self.metrics.pending_series.set(len(self.tracker))
+
+    def _read_headers_ahead(self) -> None:
+        """Read queued headers for up to ``_READ_AHEAD_BUDGET_S`` (assembly lock held)."""
+        queue, records = self._read_ahead_queue, self._read_ahead
+        deadline = time.perf_counter() + _READ_AHEAD_BUDGET_S
+        while queue and time.perf_counter() < deadline:
+            path, dataset, size = queue.popleft()
+            if path in records or len(records) >= _READ_AHEAD_MAX_RECORDS or not path.exists():
+                continue  # (gone: its series was assembled already)
+            try:
+                records[path] = (
+                    record_from_dataset(dataset, size, path)
+                    if dataset is not None
+                    else read_instance_record(path)
+                )
+            except Exception:  # gone (already assembled) or unreadable: assembly reports it
+                continue
+        if queue:
+            self.tracker.wakeup.set()
+
+    def _take_read_ahead(self, paths: Iterable[Path]) -> dict[Path, InstanceRecord]:
+        """Remove and return the headers read ahead for ``paths`` (assembly lock held)."""
+        records = self._read_ahead
+        taken = {}
+        for path in paths:
+            record = records.pop(path, None)
+            if record is not None:
+                taken[path] = record
+        return taken
 
     def _maybe_collect_garbage(self) -> None:
         now = self._clock()
@@ -370,6 +444,7 @@ class IngestPipeline:
 
     def _assemble(self, snapshot: SeriesSnapshot) -> SeriesOutcome:
         uid = snapshot.series_instance_uid
+        records = self._take_read_ahead(s.path for _, s in snapshot.instances)
         present = [(i, s) for i, s in snapshot.instances if s.path.exists()]
         if not present:
             # every file went with an earlier assembly: these were re-sent duplicates
@@ -388,6 +463,7 @@ class IngestPipeline:
                 paths,
                 min_slices=self.settings.min_slices,
                 publish_all_phases=self.settings.publish_all_phases,
+                records=records,
             )
         except SeriesSkipped as skipped:
             self.metrics.series_skipped.labels(skipped.reason.value).inc()
@@ -399,11 +475,13 @@ class IngestPipeline:
             self.spool.mark_completed(uid, sop_uids, digest, f"skipped:{skipped.reason.value}")
             return SeriesOutcome(uid, "skipped", skipped.reason.value)
         except AssemblyError as error:
-            return self._dead_letter(snapshot, present, digest, error.reason, type(error), error)
+            return self._dead_letter(
+                snapshot, present, digest, error.reason, type(error), error, records
+            )
         except Exception as error:  # a bug of ours: dead-letter rather than loop forever
             logger.exception("unexpected error assembling a series")
             return self._dead_letter(
-                snapshot, present, digest, "assembly-error", type(error), error
+                snapshot, present, digest, "assembly-error", type(error), error, records
             )
         return self._publish(snapshot, present, digest, assembled)
 
@@ -483,11 +561,12 @@ class IngestPipeline:
         reason: str,
         error_type: type[BaseException],
         error: BaseException,
+        records: dict[Path, InstanceRecord] | None = None,
     ) -> SeriesOutcome:
         uid = snapshot.series_instance_uid
         paths = [s.path for _, s in present]
         try:
-            _, _, identifiers = read_series(paths)
+            _, _, identifiers = read_series(paths, records)
         except AssemblyError:
             identifiers = set()
         if isinstance(error, AssemblyError):

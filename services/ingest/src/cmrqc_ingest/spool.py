@@ -189,15 +189,19 @@ class Spool:
         # must not replace the file the assembler is about to delete.
         target = folder / f"{source}_{uid_key(sop_instance_uid)}_{uuid.uuid4().hex[:8]}.dcm"
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
-        created_folder = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
+        created_folder = False
         try:
             with open(tmp, "wb") as handle:
                 handle.write(data)
                 if self.fsync:
                     handle.flush()
                     os.fsync(handle.fileno())
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except FileNotFoundError:  # the series folder is new (or was just emptied)
+                folder.mkdir(parents=True, exist_ok=True)
+                created_folder = True
+                os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -207,12 +211,11 @@ class Spool:
                 _fsync_dir(self._incoming)
         with self._lock:
             self._used_bytes += len(data)
-        stat = target.stat()
         return SpooledFile(
             path=target,
             size=len(data),
             source=source,
-            received_at=datetime.fromtimestamp(stat.st_mtime, UTC),
+            received_at=datetime.now(UTC),
         )
 
     def iter_incoming(self) -> Iterator[tuple[str, list[SpooledFile]]]:

@@ -39,6 +39,7 @@ class PendingSeries:
     series_instance_uid: str
     study_instance_uid: str
     instances: dict[str, tuple[InstanceInfo, SpooledFile]] = field(default_factory=dict)
+    """By SOPInstanceUID; add through :meth:`add_instance`, which keeps the counts."""
     open_sessions: set[str] = field(default_factory=set)
     released: bool = False
     last_activity: float = 0.0
@@ -46,22 +47,38 @@ class PendingSeries:
     next_attempt: float = 0.0
     """Monotonic time before which the assembler must not retry, s."""
     attempts: int = 0
+    _expected: int | None = field(default=None, repr=False)
+    _phases: int | None = field(default=None, repr=False)
+    _per_position: Counter[str] = field(default_factory=Counter, repr=False)
+
+    def add_instance(self, info: InstanceInfo, spooled: SpooledFile) -> SpooledFile | None:
+        """Register an instance; returns the file already registered for its SOPInstanceUID.
+
+        Keeps the counts behind :meth:`expected_instances` and :meth:`positions_complete`
+        up to date, so the completion rules cost the same for 10 or 10,000 instances.
+        """
+        existing = self.instances.get(info.sop_instance_uid)
+        if existing is not None:
+            return existing[1]
+        self.instances[info.sop_instance_uid] = (info, spooled)
+        if info.expected_instances:
+            self._expected = max(self._expected or 0, info.expected_instances)
+        if info.cardiac_number_of_images:
+            self._phases = max(self._phases or 0, info.cardiac_number_of_images)
+        if info.slice_position_key:
+            self._per_position[info.slice_position_key] += 1
+        return None
 
     def expected_instances(self) -> int | None:
         """The trusted expected instance count, if any instance's header gave one."""
-        counts = [i.expected_instances for i, _ in self.instances.values() if i.expected_instances]
-        return max(counts) if counts else None
+        return self._expected
 
     def positions_complete(self) -> bool:
         """With CardiacNumberOfImages: every slice position seen has that many instances."""
-        cni = [i.cardiac_number_of_images for i, _ in self.instances.values()]
-        known = [c for c in cni if c]
-        if not known:
+        if not self._phases:
             return True
-        per_position = Counter(
-            i.slice_position_key for i, _ in self.instances.values() if i.slice_position_key
-        )
-        return all(count >= max(known) for count in per_position.values())
+        phases = self._phases
+        return all(count >= phases for count in self._per_position.values())
 
 
 @dataclass(frozen=True)
@@ -129,9 +146,9 @@ class SeriesTracker:
                 self._series[info.series_instance_uid] = series
             series.last_activity = self._clock()
             self._join(series, session)
-            if info.sop_instance_uid in series.instances:
-                return series.instances[info.sop_instance_uid][1]
-            series.instances[info.sop_instance_uid] = (info, spooled)
+            existing = series.add_instance(info, spooled)
+            if existing is not None:
+                return existing
             expected = series.expected_instances()
             if expected is not None and len(series.instances) >= expected:
                 self.wakeup.set()
@@ -218,7 +235,7 @@ class SeriesTracker:
                 series.last_activity = 0.0  # complete again as soon as the retry is due
                 self._series[snapshot.series_instance_uid] = series
             for info, spooled in snapshot.instances:
-                series.instances.setdefault(info.sop_instance_uid, (info, spooled))
+                series.add_instance(info, spooled)
             series.attempts = snapshot.attempts + 1
             series.next_attempt = self._clock() + retry_after_s
 
