@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from cmrqc_shared.datasets.splits import ALL_RANGES, DEMO, SeedRange
+from cmrqc_shared.dicom_scu import guard_response_race, set_tcp_nodelay
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -123,7 +123,7 @@ def push_studies(
     ae = AE(ae_title=calling_aet)
     ae.add_requested_context(mr_image_storage)
     ae.add_requested_context(enhanced_mr_image_storage)
-    handlers: list[Any] = [(evt.EVT_CONN_OPEN, _set_tcp_nodelay)]
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
     interval = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
     summary: list[dict[str, Any]] = []
     next_start = time.monotonic()
@@ -135,7 +135,9 @@ def push_studies(
             time.sleep(max(0.0, next_start - time.monotonic()))
             next_start = max(next_start + interval, time.monotonic())
             started = time.perf_counter()
-            assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=handlers)
+            assoc = guard_response_race(
+                ae.associate(host, port, ae_title=called_aet, evt_handlers=handlers)
+            )
             if not assoc.is_established:
                 summary.append({"seed": seed, "error": "association rejected or aborted"})
                 continue
@@ -183,10 +185,3 @@ def _simulate(args: argparse.Namespace) -> int:
     else:
         print(f"sent {len(summary)} studies, {len(failures)} with failures")
     return 1 if failures else 0
-
-
-def _set_tcp_nodelay(event) -> None:  # type: ignore[no-untyped-def]
-    """Nagle's algorithm with DICOM's small PDUs costs ~40 ms a round trip: turn it off."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -17,10 +17,17 @@ def test_bench_ingest_measures_every_receiver_side_by_side(
     env_clean.setenv("CMRQC_KAFKA__BOOTSTRAP_SERVERS", infra["bootstrap_servers"])
     assert main(["bench", "ingest", "--studies", "2", "--rounds", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report["modes"]) == {"dcmtk-storescp", "ingest", "ingest-no-fsync"}
-    for mode in ("ingest", "ingest-no-fsync"):
+    assert set(report["modes"]) == {
+        "dcmtk-storescp",
+        "ingest",
+        "ingest-no-fsync",
+        "ingest-pynetdicom",
+    }
+    for mode in ("ingest", "ingest-no-fsync", "ingest-pynetdicom"):
         figures = report["modes"][mode]
         assert figures["received_per_s"] > 0 and figures["assembled_per_s"] > 0
         assert figures["rounds"][0]["volumes"] == 4
         assert figures["last_instance_to_volume_ready_ms"]["p50"] is not None
     assert report["ratios"]["ingest_received_vs_storescp"] > 0
+    assert report["ratios"]["native_vs_pynetdicom_received"] > 0
+    assert figures["release_to_volume_ready_seen_ms"]["p50"] is not None

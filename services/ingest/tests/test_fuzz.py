@@ -10,6 +10,7 @@ assemble a good study.
 from __future__ import annotations
 
 import io
+import logging
 import random
 import re
 from pathlib import Path
@@ -22,16 +23,17 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import build_context
 
-from cmrqc_ingest.senders import _nodelay, send_cstore
+from cmrqc_ingest.senders import send_cstore
 from cmrqc_ingest.service import IngestService
 from cmrqc_shared.blobs import BlobStore
+from cmrqc_shared.dicom_scu import guard_response_race, set_tcp_nodelay
 from cmrqc_shared.events import VolumeReady
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 N_MUTANTS = 1000
 PER_ASSOCIATION = 100
-NODELAY = [(evt.EVT_CONN_OPEN, _nodelay)]
+NODELAY = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
 _VR_CODES = [b"SQ", b"OB", b"UN", b"FD", b"US", b"UL", b"DS", b"AT", b"LO", b"OW"]
 _VR_AT = re.compile(rb"(?<=[\x00-\xff]{4})(US|UL|DS|IS|CS|LO|SH|UI|DA|TM|PN|FD)")
 
@@ -108,9 +110,13 @@ def test_a_thousand_mutated_instances_are_all_answered_and_the_node_stays_health
     blobs: BlobStore,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     rng = random.Random(20240601)
     _, base = make_study(SEED0 + 1)
+    header = dcmread(base[0], stop_before_pixels=True)
+    identifiers = [str(header.PatientName), str(header.PatientID)]
     mutants_dir = tmp_path / "mutants"
     mutants_dir.mkdir()
     files = []
@@ -129,8 +135,8 @@ def test_a_thousand_mutated_instances_are_all_answered_and_the_node_stays_health
     ae.requested_contexts = [build_context(dcmread(base[0]).SOPClassUID)]
     answered: list[int] = []
     for start in range(0, N_MUTANTS, PER_ASSOCIATION):
-        assoc = ae.associate(
-            "127.0.0.1", service.dicom_port, ae_title="CMRQC", evt_handlers=NODELAY
+        assoc = guard_response_race(
+            ae.associate("127.0.0.1", service.dicom_port, ae_title="CMRQC", evt_handlers=NODELAY)
         )
         assert assoc.is_established
         for path in files[start : start + PER_ASSOCIATION]:
@@ -139,8 +145,10 @@ def test_a_thousand_mutated_instances_are_all_answered_and_the_node_stays_health
             except (AttributeError, ValueError, OSError):
                 continue  # meta unreadable after mutation: the SCU cannot even send it
             if not assoc.is_established:
-                assoc = ae.associate(
-                    "127.0.0.1", service.dicom_port, ae_title="CMRQC", evt_handlers=NODELAY
+                assoc = guard_response_race(
+                    ae.associate(
+                        "127.0.0.1", service.dicom_port, ae_title="CMRQC", evt_handlers=NODELAY
+                    )
                 )
             assert "Status" in response, "a C-STORE went unanswered"
             answered.append(int(response.Status))
@@ -176,3 +184,5 @@ def test_a_thousand_mutated_instances_are_all_answered_and_the_node_stays_health
             truth = good_study.phase(event.cardiac_phase.value).image
             np.testing.assert_array_equal(blobs.get_array(event.volume), truth)
     assert service.is_live() and service.is_ready()
+    # malformed headers must not carry the patient's identifiers into any log line
+    assert all(i not in r.getMessage() for r in caplog.records for i in identifiers)

@@ -8,12 +8,15 @@ their own processes, in alternating rounds:
 * ``dcmtk-storescp``: stores the files into a folder (the floor: receive and write only);
 * ``ingest``: the real service (``cmrqc-ingest``) with its durable spool (fsync before the
   C-STORE answer), assembly, blob store and Kafka publishing;
-* ``ingest-no-fsync``: the same with ``SPOOL_FSYNC=false``, to show what durability costs.
+* ``ingest-no-fsync``: the same with ``SPOOL_FSYNC=false``, to show what durability costs
+  (storescp does not fsync: this is the like-for-like comparison);
+* ``ingest-pynetdicom``: the real service on the pynetdicom node (``SCP_ENGINE=pynetdicom``)
+  instead of the native one, to show what the native node gains.
 
 Figures: instances/s received (the sends' wall time), instances/s assembled (first send to
 the last VolumeReady seen by a Kafka consumer) and, per series, last instance received ->
 VolumeReady produced (the service's own timestamps) and storescu's release -> VolumeReady
-seen by the consumer, p50 and p99.
+seen by a consumer polling during the sends, p50 and p99.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,7 +41,7 @@ from cmrqc_shared.settings import KafkaSettings
 
 STORESCP = "/usr/bin/storescp"
 STORESCU = "/usr/bin/storescu"
-MODES = ("dcmtk-storescp", "ingest", "ingest-no-fsync")
+MODES = ("dcmtk-storescp", "ingest", "ingest-no-fsync", "ingest-pynetdicom")
 _NODELAY = {"TCP_NODELAY": "1"}
 
 
@@ -132,6 +136,7 @@ def _measure(
             "CMRQC_INGEST_RUNNER__HEALTH_PORT": "0",
             "CMRQC_INGEST_SPOOL_DIR": str(spool),
             "CMRQC_INGEST_SPOOL_FSYNC": "false" if mode == "ingest-no-fsync" else "true",
+            "CMRQC_INGEST_SCP_ENGINE": "pynetdicom" if mode == "ingest-pynetdicom" else "native",
             "CMRQC_INGEST_LOG_LEVEL": "WARNING",
         }
     receiver = subprocess.Popen(
@@ -156,6 +161,13 @@ def _measure(
             while topic not in consumer.topics() and time.monotonic() < deadline:
                 time.sleep(0.1)
             consumer.subscribe([topic])
+        arrivals: list[tuple[float, VolumeReady]] = []
+        collector = None
+        if consumer is not None:  # events are timed as they arrive, while the sends go on
+            collector = threading.Thread(
+                target=_collect, args=(consumer, len(studies) * 2, arrivals), daemon=True
+            )
+            collector.start()
         started = time.time()
         released = [_send(port, files) for files in studies]
         sent = time.time()
@@ -163,8 +175,9 @@ def _measure(
             "instances": instances,
             "received_per_s": instances / (sent - started),
         }
-        if consumer is not None:
-            figures.update(_await_volumes(consumer, len(studies) * 2, started, released, studies))
+        if collector is not None:
+            collector.join(timeout=150)
+            figures.update(_volume_figures(arrivals, len(studies) * 2, started, released, studies))
             figures["assembled_per_s"] = instances / (figures.pop("last_volume_at") - started)
         return figures
     finally:
@@ -177,8 +190,19 @@ def _measure(
             receiver.kill()
 
 
-def _await_volumes(
-    consumer: KafkaConsumer,
+def _collect(
+    consumer: KafkaConsumer, expected: int, arrivals: list[tuple[float, VolumeReady]]
+) -> None:
+    """Poll until ``expected`` VolumeReady events arrived (or 120 s); note arrival times."""
+    deadline = time.monotonic() + 120
+    while len(arrivals) < expected and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=50).values():
+            for record in records:
+                arrivals.append((time.time(), VolumeReady.from_bytes(record.value)))
+
+
+def _volume_figures(
+    arrivals: list[tuple[float, VolumeReady]],
     expected: int,
     started: float,
     released: list[float],
@@ -186,34 +210,25 @@ def _await_volumes(
 ) -> dict[str, Any]:
     from pydicom import dcmread
 
+    if len(arrivals) < expected:
+        raise RuntimeError(f"only {len(arrivals)}/{expected} VolumeReady events arrived")
     release_by_series = {
         str(dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID): at
         for files, at in zip(studies, released, strict=True)
     }
     internal, external = [], []
-    last_seen = started
-    deadline = time.monotonic() + 120
-    seen = 0
-    while seen < expected and time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=100).values():
-            for record in records:
-                arrived = time.time()
-                event = VolumeReady.from_bytes(record.value)
-                seen += 1
-                last_seen = arrived
-                stamps = event.timestamps
-                if stamps.last_instance_received_at:
-                    internal.append(
-                        (event.produced_at - stamps.last_instance_received_at).total_seconds() * 1e3
-                    )
-                release = release_by_series.get(event.series_instance_uid or "")
-                if release is not None:
-                    external.append((arrived - release) * 1e3)
-    if seen < expected:
-        raise RuntimeError(f"only {seen}/{expected} VolumeReady events arrived")
+    for arrived, event in arrivals:
+        stamps = event.timestamps
+        if stamps.last_instance_received_at:
+            internal.append(
+                (event.produced_at - stamps.last_instance_received_at).total_seconds() * 1e3
+            )
+        release = release_by_series.get(event.series_instance_uid or "")
+        if release is not None:
+            external.append((arrived - release) * 1e3)
     return {
-        "volumes": seen,
-        "last_volume_at": last_seen,
+        "volumes": len(arrivals),
+        "last_volume_at": max(arrived for arrived, _ in arrivals),
         "last_instance_to_volume_ready_ms": {
             "p50": _percentile(internal, 50),
             "p99": _percentile(internal, 99),
@@ -280,6 +295,12 @@ def run_ingest_benchmark(
                 summary["ingest-no-fsync"]["received_per_s"] or 0
             )
             / floor,
+            "ingest_pynetdicom_received_vs_storescp": (
+                summary["ingest-pynetdicom"]["received_per_s"] or 0
+            )
+            / floor,
+            "native_vs_pynetdicom_received": (summary["ingest"]["received_per_s"] or 0)
+            / float(summary["ingest-pynetdicom"]["received_per_s"] or float("nan")),
         },
         "note": "ratios: ours / DCMTK storescp (aim >= 0.5); same storescu client, TCP_NODELAY=1",
     }

@@ -8,7 +8,6 @@ syntax proposed), :func:`post_stow` posts them as one ``multipart/related`` requ
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -23,11 +22,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
 
-
-def _nodelay(event: evt.Event) -> None:
-    assoc_socket: Any = event.assoc.dul.socket
-    if assoc_socket is not None and assoc_socket.socket is not None:
-        assoc_socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+from cmrqc_shared.dicom_scu import guard_response_race, set_tcp_nodelay
 
 
 class AssociationRefused(Exception):
@@ -66,9 +61,10 @@ def send_cstore(
         port,
         ae_title=called_ae,
         max_pdu=max_pdu,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
         tls_args=tls_args,
     )
+    guard_response_race(assoc)
     if not assoc.is_established:
         raise AssociationRefused(f"association to {called_ae}@{host}:{port} not established")
     statuses: list[int | None] = []

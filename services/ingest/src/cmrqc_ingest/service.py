@@ -26,9 +26,9 @@ from collections import deque
 from kafka.admin import KafkaAdminClient
 
 from cmrqc_ingest.metrics import IngestMetrics
+from cmrqc_ingest.native_scp import DicomNode, make_scp
 from cmrqc_ingest.pipeline import IngestPipeline, SeriesOutcome
 from cmrqc_ingest.publishing import Publisher, default_producer
-from cmrqc_ingest.scp import StorageSCP
 from cmrqc_ingest.settings import IngestSettings
 from cmrqc_ingest.stow import StowServer, build_stow_app
 from cmrqc_shared.blobs import BlobStore, open_blob_store
@@ -75,7 +75,7 @@ class IngestService:
         self._publisher = publisher
         self._blobs = blobs
         self.pipeline: IngestPipeline | None = None
-        self._scp: StorageSCP | None = None
+        self._scp: DicomNode | None = None
         self._stow: StowServer | None = None
         self._observability: ObservabilityServer | None = None
         self._assembler: threading.Thread | None = None
@@ -105,6 +105,11 @@ class IngestService:
     def health_port(self) -> int:
         assert self._observability is not None, "not started"
         return self._observability.port
+
+    @property
+    def active_associations(self) -> int:
+        """DICOM associations open now."""
+        return self._scp.active_associations() if self._scp is not None else 0
 
     # -- health --------------------------------------------------------------------------
 
@@ -150,7 +155,7 @@ class IngestService:
         self.pipeline.open()
         self._assembler = threading.Thread(target=self._assemble_loop, name="assembler")
         self._assembler.start()
-        self._scp = StorageSCP(settings, self.pipeline, self.metrics)
+        self._scp = make_scp(settings, self.pipeline, self.metrics)
         self._scp.start()
         self._stow = StowServer(
             build_stow_app(self.pipeline, max_request_bytes=settings.stow_max_request_bytes),
