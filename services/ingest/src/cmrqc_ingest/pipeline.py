@@ -77,6 +77,8 @@ _READ_AHEAD_MAX_RECORDS = 20000
 _READ_AHEAD_BUDGET_S = 0.003
 #: Queued instances that keep their parsed header (each holds its bytes, ~0.1-1 MB).
 _READ_AHEAD_MAX_PARSED = 256
+#: Arrivals that wake the assembler for read-ahead (a wake per instance costs GIL handoffs).
+_READ_AHEAD_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -341,7 +343,8 @@ class IngestPipeline:
             # the parsed header goes along while the queue is short (it holds the bytes)
             keep = len(self._read_ahead_queue) < _READ_AHEAD_MAX_PARSED
             self._read_ahead_queue.append((spooled.path, dataset if keep else None, len(data)))
-            self.tracker.wakeup.set()
+            if len(self._read_ahead_queue) >= _READ_AHEAD_BATCH:
+                self.tracker.wakeup.set()  # (a completed series wakes the assembler anyway)
         self.metrics.spool_bytes.set(self.spool.used_bytes)
         return ReceiveResult(StoreStatus.SUCCESS, "stored", "", **ids)
 
