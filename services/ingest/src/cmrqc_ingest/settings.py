@@ -49,8 +49,8 @@ class IngestSettings(ServiceSettings):
     )
     scp_engine: Literal["native", "pynetdicom"] = Field(
         default="native",
-        description="DICOM node: native (our Upper Layer implementation, ~5x the throughput) "
-        "or pynetdicom.",
+        description="DICOM node: native (our Upper Layer implementation; about twice the "
+        "throughput) or pynetdicom.",
     )
     max_associations: int = Field(default=16, ge=1, description="Concurrent associations.")
     max_pdu_bytes: int = Field(
