@@ -396,3 +396,16 @@ def test_the_implementation_uid_is_a_valid_uid() -> None:
         for part in IMPLEMENTATION_CLASS_UID.split(".")
     )
     assert dul.APPLICATION_CONTEXT == "1.2.840.10008.3.1.1.1"
+
+
+def test_a_connection_flood_is_closed_at_accept_beyond_twice_the_association_limit(node) -> None:  # type: ignore[no-untyped-def]
+    service, _ = node  # max_associations = 2
+    idle = [Peer(service.dicom_port) for _ in range(4)]  # connected, nothing sent yet
+    wait_for(lambda: service.active_associations == 4, timeout_s=5)
+    flood = Peer(service.dicom_port)
+    assert flood.closed()  # closed without a thread or an answer
+    for peer in (*idle, flood):
+        peer.close()
+    wait_for(lambda: service.active_associations == 0, timeout_s=5)
+    check = _associated(service.dicom_port, [(1, VERIFICATION, [IMPLICIT_LE])])
+    check.close()

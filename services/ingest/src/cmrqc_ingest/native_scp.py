@@ -71,6 +71,10 @@ UNRECOGNIZED_OPERATION = 0x0211
 
 #: Largest PDU read from a peer whatever it proposes (a guard against absurd lengths).
 _MAX_INCOMING_PDU = 64 * 1024 * 1024
+#: Connections beyond this many times ``max_associations`` are closed on accept.
+_CONNECTION_CAP_FACTOR = 2
+#: How long a connection over the association limit may take to send its A-ASSOCIATE-RQ.
+_REJECT_TIMEOUT_S = 5.0
 #: How long, after A-RELEASE-RP, the requestor gets to close the connection (PS3.8 ARTIM).
 _RELEASE_LINGER_S = 2.0
 
@@ -214,7 +218,9 @@ class _Association:
 
     def _serve(self) -> None:
         settings = self.server.settings
-        self.sock.settimeout(settings.network_timeout_s)
+        # a connection over the limit only needs to send its A-ASSOCIATE-RQ to be rejected
+        timeout = settings.network_timeout_s
+        self.sock.settimeout(min(timeout, _REJECT_TIMEOUT_S) if self.over_limit else timeout)
         if self.server.ssl_context is not None:
             self.sock = self.server.ssl_context.wrap_socket(self.sock, server_side=True)
         pdu_type, body = self._read_pdu()
@@ -479,7 +485,12 @@ class NativeStorageSCP:
                 return  # the listener was closed by stop()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
-                over_limit = len(self._associations) >= self.settings.max_associations
+                open_now = len(self._associations)
+                over_limit = open_now >= self.settings.max_associations
+                if open_now >= _CONNECTION_CAP_FACTOR * self.settings.max_associations:
+                    sock.close()  # a flood: not even a thread to answer A-ASSOCIATE-RJ
+                    logger.warning("connection refused: too many open connections")
+                    continue
                 association = _Association(self, sock, over_limit)
                 self._associations.add(association)
             threading.Thread(target=association.run, name="dicom-assoc", daemon=True).start()
