@@ -46,6 +46,7 @@ from cmrqc_rca_labeller.settings import RcaLabellerSettings
 from cmrqc_rca_labeller.volume import CardiacVolume
 from cmrqc_shared.blobs import BlobError, BlobStore, open_blob_store
 from cmrqc_shared.bus import PermanentError, RecordContext, StreamRunner
+from cmrqc_shared.bus.intakes import intake_settings, intakes_running
 from cmrqc_shared.bus.publisher import EventPublisher
 from cmrqc_shared.events import (
     DeadLetter,
@@ -399,7 +400,7 @@ class RcaLabellerService:
             input_type=SegmentationReady,
             handler=intake_handler(self.queue),
             kafka=settings.kafka,
-            settings=settings.runner.model_copy(update={"group_id": group}),
+            settings=intake_settings(settings.runner, group),
             serve_observability=serve_observability,
         )
         self.qc_intake = StreamRunner(
@@ -407,9 +408,7 @@ class RcaLabellerService:
             input_type=QcResult,
             handler=qc_handler(self.queue, settings.pass_threshold),
             kafka=settings.kafka,
-            settings=settings.runner.model_copy(
-                update={"group_id": f"{group}-qc", "instance_id": settings.runner.instance_id}
-            ),
+            settings=intake_settings(settings.runner, group, "qc"),
             serve_observability=False,
         )
         self.publisher = EventPublisher(settings.kafka, client_id=f"{SERVICE_NAME}-worker")
@@ -443,20 +442,13 @@ class RcaLabellerService:
         idle_timeout_s: float | None = None,
     ) -> WorkerStats:
         """Run the intakes in threads and the worker here, until a stop condition."""
-        threads = [
-            threading.Thread(target=runner.run, name=name, daemon=True)
-            for name, runner in (("intake", self.intake), ("qc-intake", self.qc_intake))
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            return self.worker.run(
-                max_cases=max_cases, timeout_s=timeout_s, idle_timeout_s=idle_timeout_s
-            )
-        finally:
-            self.stop()
-            for thread in threads:
-                thread.join(timeout=60)
+        with intakes_running({"intake": self.intake, "qc-intake": self.qc_intake}):
+            try:
+                return self.worker.run(
+                    max_cases=max_cases, timeout_s=timeout_s, idle_timeout_s=idle_timeout_s
+                )
+            finally:
+                self.worker.stop()
 
     def close(self) -> None:
         self.publisher.close()

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -29,6 +30,7 @@ from cmrqc_retrainer.settings import RetrainerSettings
 from cmrqc_retrainer.worker import Decision, Retrainer
 from cmrqc_shared.blobs import BlobError, BlobStore, open_blob_store
 from cmrqc_shared.bus import PermanentError, RecordContext, StreamRunner
+from cmrqc_shared.bus.intakes import intake_settings, intakes_running
 from cmrqc_shared.bus.publisher import EventPublisher
 from cmrqc_shared.events import ClassScores, GroundTruthSubmitted, ProducerInfo, RcaLabel
 from cmrqc_shared.metrics import dice_per_class
@@ -156,7 +158,7 @@ class RetrainerService:
             input_type=RcaLabel,
             handler=rca_handler(self.store, settings.prefer_calibrated_rca),
             kafka=settings.kafka,
-            settings=settings.runner.model_copy(update={"group_id": group}),
+            settings=intake_settings(settings.runner, group),
             serve_observability=serve_observability,
         )
         self.groundtruth_intake = StreamRunner(
@@ -164,7 +166,7 @@ class RetrainerService:
             input_type=GroundTruthSubmitted,
             handler=groundtruth_handler(self.store, self.blobs),
             kafka=settings.kafka,
-            settings=settings.runner.model_copy(update={"group_id": f"{group}-groundtruth"}),
+            settings=intake_settings(settings.runner, group, "groundtruth"),
             serve_observability=False,
         )
         self.trainer = Retrainer(
@@ -186,37 +188,31 @@ class RetrainerService:
         self, *, max_rounds: int | None = None, timeout_s: float | None = None
     ) -> list[Decision]:
         """Intakes in threads, rounds here, until stopped, ``max_rounds`` or ``timeout_s``."""
-        threads = [
-            threading.Thread(target=runner.run, name=name, daemon=True)
-            for name, runner in (
-                ("rca-intake", self.rca_intake),
-                ("groundtruth-intake", self.groundtruth_intake),
-            )
-        ]
-        for thread in threads:
-            thread.start()
         decisions: list[Decision] = []
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        try:
-            while not self._stop.is_set():
-                if max_rounds is not None and len(decisions) >= max_rounds:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    break
-                try:
-                    decision = self.trainer.run_once()
-                except Exception:  # a failed round must not stop the intakes; champion stays
-                    logger.exception("training round failed; the serving model is unchanged")
-                    decision = None
-                if decision is not None:
-                    decisions.append(decision)
-                    continue
-                self._stop.wait(self.settings.check_interval_s)
-            return decisions
-        finally:
-            self.stop()
-            for thread in threads:
-                thread.join(timeout=60)
+        intakes: dict[str, StreamRunner[Any]] = {
+            "rca-intake": self.rca_intake,
+            "groundtruth-intake": self.groundtruth_intake,
+        }
+        with intakes_running(intakes):
+            try:
+                while not self._stop.is_set():
+                    if max_rounds is not None and len(decisions) >= max_rounds:
+                        break
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+                    try:
+                        decision = self.trainer.run_once()
+                    except Exception:  # a failed round must not stop the intakes
+                        logger.exception("training round failed; the serving model is unchanged")
+                        decision = None
+                    if decision is not None:
+                        decisions.append(decision)
+                        continue
+                    self._stop.wait(self.settings.check_interval_s)
+            finally:
+                self._stop.set()
+        return decisions
 
     def close(self) -> None:
         self.publisher.close()
