@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,8 @@ from pydicom.data import get_testdata_file
 import cmrqc_ingest.assembly as assembly_module
 from cmrqc_ingest.assembly import AssemblyError, assemble_series
 from cmrqc_ingest.frames import locate_pixel_data, read_instance, read_instance_record
-from cmrqc_ingest.instance import InstanceInfo
 from cmrqc_ingest.pipeline import IngestPipeline
-from cmrqc_ingest.spool import SpooledFile
 from cmrqc_ingest.status import StoreStatus
-from cmrqc_ingest.tracker import SeriesTracker
 from cmrqc_shared.blobs import BlobStore
 from cmrqc_shared.events import IngestSource, VolumeReady
 
@@ -163,33 +159,3 @@ def test_backfilled_instances_are_not_read_ahead(  # type: ignore[no-untyped-def
     _, paths = make_study()
     _receive(pipeline, paths[:2], IngestSource.BACKFILL)
     assert not pipeline._read_ahead_queue and not pipeline.tracker.wakeup.is_set()
-
-
-def _info(n: int, *, cni: int, position: str) -> tuple[InstanceInfo, SpooledFile]:
-    now = datetime(2024, 1, 1, tzinfo=UTC)
-    info = InstanceInfo(
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
-        sop_instance_uid=f"1.2.3.{n}",
-        study_instance_uid="1.2.3",
-        series_instance_uid="1.2.3.4",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        modality="MR",
-        number_of_frames=1,
-        size_bytes=10,
-        received_at=now,
-        expected_instances=None,
-        cardiac_number_of_images=cni,
-        slice_position_key=position,
-    )
-    return info, SpooledFile(Path(f"/spool/{n}.dcm"), 10, "c-store", now)
-
-
-def test_a_re_sent_instance_does_not_complete_a_slice_position() -> None:
-    tracker = SeriesTracker(clock=lambda: 0.0)
-    tracker.add(*_info(0, cni=2, position="a"), session="s")
-    tracker.add(*_info(0, cni=2, position="a"), session="s")  # re-sent, counted once
-    tracker.close_session("s", released=True)
-    assert tracker.take_ready() == []
-    tracker.add(*_info(1, cni=2, position="a"), session="t")
-    tracker.close_session("t", released=True)
-    assert [s.reason for s in tracker.take_ready()] == ["released"]

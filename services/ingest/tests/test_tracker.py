@@ -116,3 +116,14 @@ def test_a_series_put_back_after_a_failure_is_retried_after_the_delay() -> None:
     clock.now += 5.0
     [retry] = tracker.take_ready()
     assert retry.attempts == 1
+
+
+def test_a_re_sent_instance_does_not_complete_a_slice_position() -> None:
+    tracker = SeriesTracker(clock=lambda: 0.0)
+    tracker.add(*_instance(0, cni=2, position="a"), session="s")
+    tracker.add(*_instance(0, cni=2, position="a"), session="s")  # re-sent, counted once
+    tracker.close_session("s", released=True)
+    assert tracker.take_ready() == []
+    tracker.add(*_instance(1, cni=2, position="a"), session="t")
+    tracker.close_session("t", released=True)
+    assert [s.reason for s in tracker.take_ready()] == ["released"]
