@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
 #: PDU header: type (1), reserved (1), length (4, big-endian).
 PDU_HEADER = struct.Struct(">BxI")
@@ -390,10 +389,26 @@ def encode_response(
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
-def encode_p_data(context_id: int, command: bytes) -> bytes:
-    """One P-DATA-TF carrying a whole (small) command set as its last fragment."""
-    pdv = struct.pack(">IBB", len(command) + 2, context_id, 0x03) + command
-    return _pdu(PduType.P_DATA_TF, pdv)
+def encode_command_p_data(context_id: int, command: bytes, max_pdu_length: int = 0) -> bytes:
+    """P-DATA-TF PDUs carrying a command set, fragmented so that no PDU exceeds the peer's
+    ``max_pdu_length`` (0: unlimited; one PDU).
+
+    Raises:
+        ProtocolError: a maximum too small for even one byte of command per PDU.
+    """
+    room = max_pdu_length - 12 if max_pdu_length else len(command)  # PDU + PDV headers
+    if room <= 0:
+        raise ProtocolError(
+            "peer maximum PDU length too small", AbortReason.INVALID_PDU_PARAMETER_VALUE
+        )
+    chunks = [command[i : i + room] for i in range(0, len(command), room)]
+    pdus = []
+    for index, chunk in enumerate(chunks):
+        control = 0x03 if index == len(chunks) - 1 else 0x01  # command; last fragment
+        pdus.append(
+            _pdu(PduType.P_DATA_TF, _PDV_HEADER.pack(len(chunk) + 2, context_id, control) + chunk)
+        )
+    return b"".join(pdus)
 
 
 # -- Part 10 -------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import struct
 import threading
 import time
 from typing import Protocol
@@ -414,18 +413,7 @@ class _Association:
         self, context: AcceptedContext, command: Command, status: int, comment: str = ""
     ) -> None:
         encoded = dul.encode_response(command, status=status, error_comment=comment)
-        room = self.peer_max_pdu - 12 if self.peer_max_pdu else len(encoded)
-        if room <= 0:
-            raise ProtocolError(
-                "peer maximum PDU length too small", AbortReason.INVALID_PDU_PARAMETER_VALUE
-            )
-        chunks = [encoded[i : i + room] for i in range(0, len(encoded), room)]
-        pdus = []
-        for index, chunk in enumerate(chunks):
-            control = 0x03 if index == len(chunks) - 1 else 0x01
-            pdv = struct.pack(">IBB", len(chunk) + 2, context.context_id, control) + chunk
-            pdus.append(dul.PDU_HEADER.pack(PduType.P_DATA_TF, len(pdv)) + pdv)
-        self._send(b"".join(pdus))
+        self._send(dul.encode_command_p_data(context.context_id, encoded, self.peer_max_pdu))
 
 
 class NativeStorageSCP:
