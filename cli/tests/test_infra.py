@@ -53,7 +53,16 @@ def test_a_three_broker_cluster_keeps_accepting_acked_writes_with_one_broker_dow
         ensure_topics(admin, [TopicSpec(topic, partitions=3)])
         (described,) = admin.describe_topics([topic])
         assert all(len(p["replica_nodes"]) == 3 for p in described["partitions"])
-        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        # a broker that has not caught up with the new topic's metadata answers without its
+        # configs: ask again (bounded) before reading them
+        deadline = time.monotonic() + 15
+        while True:
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            if "min.insync.replicas" in configs["topic"].get(topic, {}):
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert configs["topic"][topic]["min.insync.replicas"]["value"] == "2"
         admin.close()
 
