@@ -14,6 +14,7 @@ from cmrqc_qc_predictor.prepare import (
     CROP_SIZE,
     InputError,
     crop_around_segmentation,
+    intensity_window,
     prepare_input,
     segmentation_centre,
     spacing_from_affine,
@@ -134,3 +135,59 @@ def test_features_see_mass_outside_the_crop_and_missing_slices(synth_case: Case)
 def test_spacing_is_read_from_the_affine_columns() -> None:
     affine = [[0.0, 1.2, 0.0, 5.0], [1.5, 0.0, 0.0, 1.0], [0.0, 0.0, 8.0, 2.0], [0, 0, 0, 1]]
     assert spacing_from_affine(affine) == pytest.approx((1.2, 1.5, 8.0))
+
+
+def _varied_cases() -> list[tuple[str, np.ndarray, np.ndarray, tuple[float, float]]]:
+    rng = np.random.default_rng(7)
+    cases = []
+    for slices, rows, cols, spacing in [
+        (1, 160, 200, (1.9, 1.9)),
+        (2, 256, 256, (1.2, 1.2)),
+        (11, 213, 227, (1.5, 1.3)),
+        (14, 192, 256, (1.8, 1.8)),
+        (9, 512, 448, (0.7, 0.7)),  # shrinks: the antialiased path
+        (10, 120, 100, (2.5, 3.0)),  # grows
+    ]:
+        image, labels = _disk_case(slices, rows, cols)
+        labels[rng.random(labels.shape) < 0.02] = 3  # speckle: non-uniform neighbourhoods
+        cases.append((f"uint16-{slices}x{rows}x{cols}", image, labels, spacing))
+    image, labels = _disk_case(12, 200, 210)
+    cases.append(("int16-negative", (image.astype(np.int16) - 1500), labels, (1.6, 1.6)))
+    cases.append(("float64", image.astype(np.float64) * 0.37 + 5.0, labels, (1.6, 1.6)))
+    cases.append(("uint8", (image // 12).astype(np.uint8), labels, (1.6, 1.6)))
+    cases.append(("constant", np.full(image.shape, 9, np.uint16), labels, (1.6, 1.6)))
+    return cases
+
+
+@pytest.mark.parametrize("case", _varied_cases(), ids=lambda case: case[0])
+def test_optimised_preparation_reproduces_the_reference_implementation(case) -> None:
+    """The committed models were trained on inputs from the first implementation
+    (``reference_prepare``); the optimised one must give the same grid."""
+    from .reference_prepare import reference_intensity_window, reference_prepare_input
+
+    _, image, labels, spacing = case
+    expected = reference_prepare_input(image, labels, spacing, 8.0)
+    prepared = prepare_input(image, labels, spacing, 8.0)
+    assert prepared.fov_box == expected.fov_box
+    assert prepared.grid_mm == expected.grid_mm and prepared.slice_mm == expected.slice_mm
+    torch.testing.assert_close(prepared.tensor, expected.tensor, rtol=0, atol=1e-6)
+    window = np.array(intensity_window(image))
+    np.testing.assert_allclose(window, reference_intensity_window(image), rtol=1e-6, atol=1e-6)
+
+
+def test_features_of_the_pooled_grid_match_bilinear_halving() -> None:
+    """Features are computed on the 2 × 2 mean of the grid (what the committed model was
+    trained with, once computed by bilinear resampling at scale 1/2)."""
+    image, labels = _disk_case(10, 200, 230)
+    prepared = prepare_input(image, labels, (1.5, 1.5), 8.0)
+    halved = torch.nn.functional.interpolate(
+        prepared.tensor.reshape(1, 40, 224, 224), size=(112, 112), mode="bilinear"
+    ).reshape(5, 8, 112, 112)
+    upsampled = halved.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    # The features of a grid whose 2 × 2 blocks are constant are those of its halved grid.
+    torch.testing.assert_close(
+        segmentation_features(upsampled, (56, 56), 1.5, 8.0),
+        segmentation_features(prepared.tensor, (56, 56), 1.5, 8.0),
+        rtol=0,
+        atol=1e-5,
+    )

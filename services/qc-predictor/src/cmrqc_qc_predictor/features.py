@@ -86,16 +86,11 @@ def segmentation_features(
         grid_mm: in-plane grid pixel size, mm.
         slice_mm: grid slice distance, mm.
     """
-    channels, slices, size, _ = tensor.shape
-    half = size // 2
-    # Bilinear at scale 1/2 samples midway between pixel centres: exactly the 2 × 2 mean,
-    # and faster on the CPU than avg_pool2d.
-    grid = F.interpolate(
-        tensor.reshape(1, channels * slices, size, size),
-        size=(half, half),
-        mode="bilinear",
-        align_corners=False,
-    ).reshape(channels, slices, half, half)
+    half = tensor.shape[-1] // 2
+    # The 2 × 2 mean (what bilinear resampling at scale 1/2 computes, to float rounding) as
+    # two strided pair sums: a third of the time of F.interpolate on the CPU.
+    pairs = tensor[:, :, 0::2] + tensor[:, :, 1::2]
+    grid = (pairs[..., 0::2] + pairs[..., 1::2]).mul_(0.25)
     pixel_mm = 2.0 * grid_mm
     image, background, masks = grid[0], grid[1], grid[2:]  # masks: LV, LVM, RVC
     foreground = 1.0 - background

@@ -74,9 +74,26 @@ class PreparedInput:
 
 def intensity_window(image: NDArray[np.number]) -> tuple[float, float]:
     """The volume's 0.5th and 99.5th intensity percentiles (on every 7th voxel: cheap, exact
-    enough, deterministic)."""
+    enough, deterministic).
+
+    Linear interpolation between order statistics, as ``np.percentile``. Unsigned integer
+    images (DICOM's usual uint16) find the order statistics from a histogram instead of a
+    partial sort: the same values, in a fifth of the time.
+    """
     flat = np.asarray(image).ravel()
     sample = flat[::7] if flat.size > 7000 else flat
+    if sample.dtype.kind == "u" and sample.dtype.itemsize <= 2 and sample.size:
+        cumulative = np.cumsum(np.bincount(sample))
+        last = sample.size - 1
+        bounds = []
+        for percentile in CLIP_PERCENTILES:
+            index = percentile / 100.0 * last
+            lower = int(np.floor(index))
+            upper = min(lower + 1, last)
+            # The k-th smallest value (0-based) is the first whose cumulative count exceeds k.
+            low_value, high_value = np.searchsorted(cumulative, (lower, upper), side="right")
+            bounds.append(float(low_value) + (index - lower) * float(high_value - low_value))
+        return bounds[0], bounds[1]
     low, high = np.percentile(sample.astype(np.float32), CLIP_PERCENTILES)
     return float(low), float(high)
 
@@ -149,23 +166,21 @@ def prepare_input(
     low_value, high_value = intensity_window(image)
 
     lows, highs, weights = _slice_weights(slices)
-    weight = torch.tensor(weights, dtype=torch.float32)[:, None, None, None]
-    # Image and one-hot foreground (LV, LVM, RVC) of the source slices the grid needs, then
-    # the 8 grid slices by linear interpolation, then in-plane resampling (both are linear;
-    # this order touches the fewest voxels). BG is whatever the foreground leaves.
+    weight = torch.tensor(weights, dtype=torch.float32)[:, None, None]
+    # Channel-major throughout, (image, LV, LVM, RVC) × slices, so that no step transposes:
+    # the image and one-hot foreground of the source slices the grid needs, then the 8 grid
+    # slices by linear interpolation, then in-plane resampling (both are linear; this order
+    # touches the fewest voxels). BG is whatever the foreground leaves.
     needed = sorted(set(lows) | set(highs))
     position = {k: i for i, k in enumerate(needed)}
     picked = torch.from_numpy(np.ascontiguousarray(labels[needed], dtype=np.uint8))
-    source = torch.stack(
-        [
-            torch.from_numpy(np.asarray(image[needed], dtype=np.float32)),
-            *((picked == value).to(torch.float32) for value in range(1, NUM_LABELS)),
-        ],
-        dim=1,
-    )  # (needed, 4, R, C): image, LV, LVM, RVC
+    source = torch.empty((NUM_LABELS, len(needed), rows, cols), dtype=torch.float32)
+    np.copyto(source[0].numpy(), image[needed], casting="unsafe")
+    for value in range(1, NUM_LABELS):
+        source[value].copy_(picked == value)
     lows = [position[k] for k in lows]
     highs = [position[k] for k in highs]
-    resliced = torch.lerp(source[lows], source[highs], weight)  # (8, 4, R, C)
+    resliced = torch.lerp(source[:, lows], source[:, highs], weight)  # (4, 8, R, C)
 
     fov_rows_mm, fov_cols_mm = rows * row_mm, cols * col_mm
     grid_mm = max(fov_rows_mm, fov_cols_mm) / GRID_SIZE
@@ -179,22 +194,25 @@ def prepare_input(
         mode="bilinear",
         align_corners=False,
         antialias=shrink < 0.75,
-    )
+    )  # (4, 8, out_rows, out_cols)
+
+    if high_value - low_value < 1e-6:
+        resized[0].zero_()
+    else:
+        resized[0].sub_(low_value).div_(high_value - low_value).clamp_(0.0, 1.0)
+    # BG is whatever the foreground classes leave: exact sum to one, padding included.
+    foreground = resized[1:].sum(dim=0).clamp_(0.0, 1.0)
+    resized[1:].clamp_(0.0, 1.0)
 
     row0, col0 = (GRID_SIZE - out_rows) // 2, (GRID_SIZE - out_cols) // 2
-    grid = torch.zeros((CHANNELS, GRID_SLICES, GRID_SIZE, GRID_SIZE), dtype=torch.float32)
-    window = grid[:, :, row0 : row0 + out_rows, col0 : col0 + out_cols]
-    window[0] = resized[:, 0]
-    window[2:] = resized[:, 1:].transpose(0, 1)
-    span = max(high_value - low_value, 1e-6)
-    if high_value - low_value < 1e-6:
-        window[0].zero_()
-    else:
-        window[0].sub_(low_value).div_(span).clamp_(0.0, 1.0)
-    # BG is whatever the foreground classes leave: exact sum to one, padding included.
-    foreground = grid[2:].sum(dim=0).clamp_(0.0, 1.0)
-    grid[2:].clamp_(0.0, 1.0)
-    grid[1] = 1.0 - foreground
+    window = (slice(row0, row0 + out_rows), slice(col0, col0 + out_cols))
+    grid = torch.empty((CHANNELS, GRID_SLICES, GRID_SIZE, GRID_SIZE), dtype=torch.float32)
+    if out_rows < GRID_SIZE or out_cols < GRID_SIZE:  # letterbox: image 0, BG 1, classes 0
+        grid.zero_()
+        grid[1].fill_(1.0)
+    grid[0][(slice(None), *window)] = resized[0]
+    grid[1][(slice(None), *window)] = foreground.neg_().add_(1.0)
+    grid[2:][(slice(None), slice(None), *window)] = resized[1:]
     slice_mm = (slices - 1) * slice_spacing_mm / (GRID_SLICES - 1) if slices > 1 else 0.0
     return PreparedInput(
         tensor=grid,
