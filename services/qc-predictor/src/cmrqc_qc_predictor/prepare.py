@@ -166,21 +166,24 @@ def prepare_input(
     low_value, high_value = intensity_window(image)
 
     lows, highs, weights = _slice_weights(slices)
-    weight = torch.tensor(weights, dtype=torch.float32)[:, None, None]
     # Channel-major throughout, (image, LV, LVM, RVC) × slices, so that no step transposes:
     # the image and one-hot foreground of the source slices the grid needs, then the 8 grid
     # slices by linear interpolation, then in-plane resampling (both are linear; this order
     # touches the fewest voxels). BG is whatever the foreground leaves.
     needed = sorted(set(lows) | set(highs))
     position = {k: i for i, k in enumerate(needed)}
-    picked = torch.from_numpy(np.ascontiguousarray(labels[needed], dtype=np.uint8))
+    picked = labels[needed]
     source = torch.empty((NUM_LABELS, len(needed), rows, cols), dtype=torch.float32)
     np.copyto(source[0].numpy(), image[needed], casting="unsafe")
     for value in range(1, NUM_LABELS):
-        source[value].copy_(picked == value)
-    lows = [position[k] for k in lows]
-    highs = [position[k] for k in highs]
-    resliced = torch.lerp(source[:, lows], source[:, highs], weight)  # (4, 8, R, C)
+        # numpy's comparison, then a uint8 -> float32 copy: 5× faster than torch's bool path
+        source[value].copy_(torch.from_numpy((picked == value).view(np.uint8)))
+    resliced = torch.empty((NUM_LABELS, GRID_SLICES, rows, cols), dtype=torch.float32)
+    for index, (low, high, weight) in enumerate(zip(lows, highs, weights, strict=True)):
+        # per grid slice on views: no gathered copies of the source slices
+        torch.lerp(
+            source[:, position[low]], source[:, position[high]], weight, out=resliced[:, index]
+        )
 
     fov_rows_mm, fov_cols_mm = rows * row_mm, cols * col_mm
     grid_mm = max(fov_rows_mm, fov_cols_mm) / GRID_SIZE
