@@ -41,3 +41,20 @@ def test_train_evaluate_and_bench_qc_join_verbs_another_service_created() -> Non
     assert parser.parse_args(["train", "segmenter"]).target == "segmenter"
     assert parser.parse_args(["evaluate", "qc", "--dataset", "d", "--json"]).json
     assert parser.parse_args(["bench", "qc", "--batch", "4"]).batch == 4
+
+
+def test_bench_times_both_models_in_their_own_processes() -> None:
+    """The benchmark's whole path (spawned per-model workers, alternating rounds, the ratio);
+    what it measures is printed, never asserted."""
+    from cmrqc_qc_predictor.bench import run_bench
+
+    report = run_bench(batch=2, rounds=2, threads=1, devices=["cpu"])
+    cpu = report["devices"]["cpu"]
+    for model in ("paper", "fast"):
+        for key in ("batch_1", "batch_2"):
+            figures = cpu[model][key]
+            assert figures["prepare_ms"] > 0 and figures["forward_ms"] > 0
+            assert figures["total_ms"] == pytest.approx(
+                figures["prepare_ms"] + figures["forward_ms"], abs=0.02
+            )
+    assert set(cpu["ratio_paper_over_fast"]) == {"batch_1", "batch_2"}

@@ -5,14 +5,19 @@ resampling to the 5 × 8 × 224 × 224 grid, and for the fast model its crop and
 plus the network's forward pass. Measured at batch 1 (one case at a time) and batched (N cases
 prepared, then one forward pass; per-case = total / N), on the CPU with a fixed number of torch
 threads, and on the GPU when ``torch.cuda.is_available()`` (float16 autocast, synchronised).
-The cases are synthetic studies from the DEMO seed range. Figures are medians over rounds;
-nothing is asserted about them.
+The cases are synthetic studies from the DEMO seed range. Each model runs in its own process
+(as the services do), warmed up by one untimed round; timed rounds alternate between the
+models, one process working at a time; figures are medians over rounds; nothing is asserted
+about them.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -51,50 +56,156 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(
-    model: QcModel, cases: list[Case], device: torch.device, batch: int, rounds: int
-) -> dict[str, Any]:
-    """Per-case prepare / forward / total ms at batch 1 and batched (medians over rounds)."""
+@dataclass
+class Timings:
+    """Per-case milliseconds of one model, appended to round by round."""
+
+    single_prepare: list[float] = field(default_factory=list)
+    single_forward: list[float] = field(default_factory=list)
+    batched_prepare: list[float] = field(default_factory=list)
+    batched_forward: list[float] = field(default_factory=list)
+
+    def summary(self, batch: int) -> dict[str, Any]:
+        """Medians: prepare / forward / total ms at batch 1 and batched."""
+
+        def one(prepare_ms: list[float], forward_ms: list[float]) -> dict[str, float]:
+            prep, fwd = statistics.median(prepare_ms), statistics.median(forward_ms)
+            return {
+                "prepare_ms": round(prep, 2),
+                "forward_ms": round(fwd, 2),
+                "total_ms": round(prep + fwd, 2),
+            }
+
+        return {
+            "batch_1": one(self.single_prepare, self.single_forward),
+            f"batch_{batch}": one(self.batched_prepare, self.batched_forward),
+        }
+
+
+def warm_up(model: QcModel, cases: list[Case], device: torch.device, batch: int) -> None:
+    """Allocator, kernels, autotuning: one case and one batch, untimed."""
     model.network.to(device).eval()
     architecture = model.architecture
-    # Warm-up: allocator, kernels, autotuning.
     run_network(model, collate([_prepare(architecture, cases[0])]), device)
     run_network(model, collate([_prepare(architecture, c) for c in cases[:batch]]), device)
 
-    single_prepare, single_forward = [], []
-    for _ in range(rounds):
-        for case in cases[:batch]:
-            _sync(device)
-            started = time.perf_counter()
-            one = collate([_prepare(architecture, case)])
-            prepared_at = time.perf_counter()
-            run_network(model, one, device)
-            _sync(device)
-            single_prepare.append((prepared_at - started) * 1000.0)
-            single_forward.append((time.perf_counter() - prepared_at) * 1000.0)
-    batched_prepare, batched_forward = [], []
-    for _ in range(rounds):
+
+def measure_round(
+    model: QcModel, cases: list[Case], device: torch.device, batch: int, timings: Timings
+) -> None:
+    """One round: every case alone (batch 1), then all of them as one batch."""
+    architecture = model.architecture
+    for case in cases[:batch]:
         _sync(device)
         started = time.perf_counter()
-        stacked = collate([_prepare(architecture, case) for case in cases[:batch]])
+        one = collate([_prepare(architecture, case)])
         prepared_at = time.perf_counter()
-        run_network(model, stacked, device)
+        run_network(model, one, device)
         _sync(device)
-        batched_prepare.append((prepared_at - started) * 1000.0 / batch)
-        batched_forward.append((time.perf_counter() - prepared_at) * 1000.0 / batch)
+        timings.single_prepare.append((prepared_at - started) * 1000.0)
+        timings.single_forward.append((time.perf_counter() - prepared_at) * 1000.0)
+    _sync(device)
+    started = time.perf_counter()
+    stacked = collate([_prepare(architecture, case) for case in cases[:batch]])
+    prepared_at = time.perf_counter()
+    run_network(model, stacked, device)
+    _sync(device)
+    timings.batched_prepare.append((prepared_at - started) * 1000.0 / batch)
+    timings.batched_forward.append((time.perf_counter() - prepared_at) * 1000.0 / batch)
 
-    def summary(prepare_ms: list[float], forward_ms: list[float]) -> dict[str, float]:
-        prep, fwd = statistics.median(prepare_ms), statistics.median(forward_ms)
-        return {
-            "prepare_ms": round(prep, 2),
-            "forward_ms": round(fwd, 2),
-            "total_ms": round(prep + fwd, 2),
-        }
 
-    return {
-        "batch_1": summary(single_prepare, single_forward),
-        f"batch_{batch}": summary(batched_prepare, batched_forward),
-    }
+def _load_model(name: str, fast_artifact: str) -> QcModel:
+    if name == "fast":
+        path = BUILTIN_FAST if fast_artifact == "builtin" else Path(fast_artifact)
+        return load_artifact_file(path)
+    from cmrqc_qc_predictor.conformal import ConformalCalibration
+
+    torch.manual_seed(0)
+    return QcModel(
+        network=PaperResNet3d().eval(),
+        architecture=PAPER_ARCHITECTURE,
+        calibration=ConformalCalibration(np.zeros((1, 5), np.float32)),
+        name="paper-untrained-for-timing",
+        version="random-init",
+    )
+
+
+def _model_worker(
+    connection: Connection,
+    name: str,
+    fast_artifact: str,
+    device_name: str,
+    batch: int,
+    threads: int,
+) -> None:
+    """One model in its own process: warm up (one untimed round), then a timed round per
+    request; the timings when asked to stop."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    model = _load_model(name, fast_artifact)
+    cases = bench_cases(batch)
+    warm_up(model, cases, device, batch)
+    measure_round(model, cases, device, batch, Timings())
+    connection.send("ready")
+    timings = Timings()
+    while connection.recv() == "round":
+        measure_round(model, cases, device, batch, timings)
+        connection.send("done")
+    connection.send(timings)
+
+
+def measure_side_by_side(
+    names: list[str],
+    *,
+    fast_artifact: str,
+    device_name: str,
+    batch: int,
+    rounds: int,
+    threads: int,
+) -> dict[str, dict[str, Any]]:
+    """Per-case timings of every model, each in its own warmed-up process (as deployed: the
+    services never share a process), rounds alternating between the models in turned order
+    and only one process working at a time.
+
+    Raises:
+        RuntimeError: a worker failed (its traceback is on stderr).
+    """
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    try:
+        for name in names:
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_model_worker,
+                args=(child, name, fast_artifact, device_name, batch, threads),
+                daemon=True,
+            )
+            process.start()
+            workers[name] = (process, parent)
+            if _receive(parent, name) != "ready":
+                raise RuntimeError(f"bench worker for {name} did not start")
+        for index in range(rounds):
+            for name in names if index % 2 == 0 else names[::-1]:
+                workers[name][1].send("round")
+                _receive(workers[name][1], name)
+        results = {}
+        for name, (_, connection) in workers.items():
+            connection.send("stop")
+            measured: Timings = _receive(connection, name)
+            results[name] = measured.summary(batch)
+        return results
+    finally:
+        for process, _ in workers.values():
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+
+
+def _receive(connection: Connection, name: str) -> Any:
+    try:
+        return connection.recv()
+    except EOFError as error:
+        raise RuntimeError(f"bench worker for {name} failed (see its traceback)") from error
 
 
 def run_bench(
@@ -110,21 +221,9 @@ def run_bench(
     Raises:
         ArtifactError, OSError: the fast artifact cannot be loaded.
     """
-    from cmrqc_qc_predictor.conformal import ConformalCalibration
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    fast = load_artifact_file(BUILTIN_FAST if fast_artifact == "builtin" else Path(fast_artifact))
-    paper = QcModel(
-        network=PaperResNet3d().eval(),
-        architecture=PAPER_ARCHITECTURE,
-        calibration=ConformalCalibration(np.zeros((1, 5), np.float32)),
-        name="paper-untrained-for-timing",
-        version="random-init",
-    )
-    cases = bench_cases(batch)
+    _load_model("fast", fast_artifact)  # a bad artifact fails here, not in a worker
     report: dict[str, Any] = {
         "cases": f"{batch} synthetic ED studies (DEMO seeds), true labels as segmentation",
         "threads": threads,
@@ -135,10 +234,14 @@ def run_bench(
     }
     for name in devices:
         device = torch.device(name)
-        results = {
-            "paper": measure(paper, cases, device, batch, rounds),
-            "fast": measure(fast, cases, device, batch, rounds),
-        }
+        results = measure_side_by_side(
+            ["paper", "fast"],
+            fast_artifact=fast_artifact,
+            device_name=name,
+            batch=batch,
+            rounds=rounds,
+            threads=threads,
+        )
         ratios = {
             key: round(results["paper"][key]["total_ms"] / results["fast"][key]["total_ms"], 1)
             for key in results["fast"]
