@@ -82,14 +82,6 @@ class Timings:
         }
 
 
-def warm_up(model: QcModel, cases: list[Case], device: torch.device, batch: int) -> None:
-    """Allocator, kernels, autotuning: one case and one batch, untimed."""
-    model.network.to(device).eval()
-    architecture = model.architecture
-    run_network(model, collate([_prepare(architecture, cases[0])]), device)
-    run_network(model, collate([_prepare(architecture, c) for c in cases[:batch]]), device)
-
-
 def measure_round(
     model: QcModel, cases: list[Case], device: torch.device, batch: int, timings: Timings
 ) -> None:
@@ -143,9 +135,9 @@ def _model_worker(
     torch.set_num_threads(threads)
     device = torch.device(device_name)
     model = _load_model(name, fast_artifact)
+    model.network.to(device).eval()
     cases = bench_cases(batch)
-    warm_up(model, cases, device, batch)
-    measure_round(model, cases, device, batch, Timings())
+    measure_round(model, cases, device, batch, Timings())  # warm-up: allocator, kernels
     connection.send("ready")
     timings = Timings()
     while connection.recv() == "round":
