@@ -10,17 +10,9 @@ to the verdict. Services are stopped with SIGTERM at the end (they drain and com
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from kafka import KafkaConsumer, TopicPartition
@@ -29,70 +21,9 @@ from cmrqc_cli.infra import KafkaCluster, redis_url, start_cluster, start_redis
 from cmrqc_cli.infra.paths import run_dir
 from cmrqc_shared.datasets.splits import DEMO
 from cmrqc_shared.events import QcResult, RcaLabel, SegmentationReady
+from cmrqc_shared.processes import ServiceProcess, free_port
 from cmrqc_shared.settings import KafkaSettings
 from cmrqc_shared.topics import ensure_namespaced_topics
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ServiceProcess:
-    """One service started as a child process, with its health port and log file."""
-
-    name: str
-    env_prefix: str
-    extra_env: dict[str, str] = field(default_factory=dict)
-    health_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    def executable(self) -> str | None:
-        script = f"cmrqc-{self.name}"
-        return shutil.which(script) or (
-            str(Path(sys.executable).parent / script)
-            if (Path(sys.executable).parent / script).exists()
-            else None
-        )
-
-    def start(self, common_env: dict[str, str], log_dir: Path) -> None:
-        executable = self.executable()
-        if executable is None:
-            raise RuntimeError(f"service {self.name} is not installed (no cmrqc-{self.name})")
-        env = {**os.environ, **common_env, **self.extra_env}
-        env[f"{self.env_prefix}RUNNER__HEALTH_PORT"] = str(self.health_port)
-        env[f"{self.env_prefix}RUNNER__HEALTH_HOST"] = "127.0.0.1"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / f"{self.name}.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [executable],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    def ready(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            raise RuntimeError(f"service {self.name} exited (see its log)")
-        try:
-            url = f"http://127.0.0.1:{self.health_port}/readyz"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
 
 
 def next_demo_seed(studies: int) -> int:
@@ -117,7 +48,7 @@ def run_demo(
     seed_start: int | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline end to end; return the summary (also printed as it goes)."""
-    from cmrqc_cli.commands_synth import push_studies, study_failed
+    from cmrqc_shared.simulator import push_studies, study_failed
 
     cluster = KafkaCluster(1)
     start_cluster(cluster)
@@ -218,7 +149,7 @@ def run_demo(
                     _say(as_json, _format_row(row))
         failed_pushes = sum(study_failed(s) for s in sent)
     finally:
-        exit_codes = {s.name: s.stop() for s in services}
+        exit_codes = {s.label: s.stop() for s in services}
         watcher.close()
     latencies = [r["last_image_to_verdict_ms"] for r in rows if r["last_image_to_verdict_ms"]]
     errors = [abs(r["predicted_wh"] - r["true_wh"]) for r in rows if r["true_wh"] is not None]
