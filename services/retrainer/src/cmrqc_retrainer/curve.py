@@ -49,6 +49,7 @@ from cmrqc_retrainer.worker import Retrainer
 from cmrqc_shared.blobs import open_blob_store
 from cmrqc_shared.bus.publisher import EventPublisher
 from cmrqc_shared.events import ProducerInfo
+from cmrqc_shared.qcdata.dataset import QcSample
 from cmrqc_shared.registry import ModelRegistry
 from cmrqc_shared.settings import KafkaSettings
 from cmrqc_shared.topics import ensure_namespaced_topics
@@ -64,21 +65,24 @@ def _rows(arrays: FastArrays, rows: slice) -> FastArrays:
     )
 
 
-def initial_model(
-    dataset: QcDatasets, rows: list[dict[str, Any]], *, epochs: int, seed: int = 0
-) -> QcModel:
-    """The fast model trained from scratch on ``rows`` with their true Dice (80/20 by order)."""
-    by_id = {s.sample_id: s for s in dataset.samples}
-    cases, targets = [], []
-    for row in rows:
-        sample = by_id[row["sample_id"]]
+def initial_artifact(
+    dataset: QcDatasets,
+    cases: list[tuple[QcSample, dict[str, float]]],
+    *,
+    epochs: int,
+    seed: int = 0,
+) -> bytes:
+    """The fast model trained from scratch on ``cases`` (sample, true Dice), 80/20 by order:
+    the artifact's bytes."""
+    inputs, targets = [], []
+    for sample, dsc in cases:
         scan = dataset.scan(sample.scan_id)
-        cases.append(
+        inputs.append(
             (scan.image, dataset.segmentation(sample), scan.pixel_spacing_mm, scan.slice_spacing_mm)
         )
-        targets.append([row["true_dsc"][c] for c in CLASSES])
-    arrays = fast_arrays_from_cases(cases, np.asarray(targets, np.float32))
-    cut = max(1, int(len(rows) * 0.8))
+        targets.append([dsc[c] for c in CLASSES])
+    arrays = fast_arrays_from_cases(inputs, np.asarray(targets, np.float32))
+    cut = max(1, int(len(cases) * 0.8))
     fit, val = _rows(arrays, slice(None, cut)), _rows(arrays, slice(cut, None))
     torch.manual_seed(seed)
     config = FastConfig(aux=False)
@@ -96,15 +100,23 @@ def initial_model(
         progress=False,
         reference_loss=False,
     )
-    data = artifact_bytes(
+    return artifact_bytes(
         network,
         architecture=FAST_ARCHITECTURE,
         calibration=ConformalCalibration.fit(val_predicted, val.targets),
         name="qc-predictor",
-        version=f"curve-initial-{len(rows)}gt",
+        version=f"curve-initial-{len(cases)}gt",
         options=asdict(config),
     )
-    return load_artifact(data)
+
+
+def initial_model(
+    dataset: QcDatasets, rows: list[dict[str, Any]], *, epochs: int, seed: int = 0
+) -> QcModel:
+    """``initial_artifact`` of label-file ``rows`` with their true Dice, loaded."""
+    by_id = {s.sample_id: s for s in dataset.samples}
+    cases = [(by_id[row["sample_id"]], row["true_dsc"]) for row in rows]
+    return load_artifact(initial_artifact(dataset, cases, epochs=epochs, seed=seed))
 
 
 def run_curve(

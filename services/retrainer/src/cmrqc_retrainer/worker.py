@@ -80,6 +80,34 @@ def _in_validation(case: LabelledCase) -> bool:
     return digest[0] < 26  # about 10 %
 
 
+def case_arrays(blobs: BlobStore, cases: list[LabelledCase]) -> tuple[FastArrays | None, int]:
+    """Fast-model inputs of labelled ``cases`` and how many were skipped: cases whose blobs
+    are gone or whose pair the predictor would refuse (logged)."""
+    usable = []
+    targets = []
+    for case in cases:
+        try:
+            volume = blobs.get_array(case.volume)
+            labels = blobs.get_array(case.labelmap)
+            check_pair(volume, labels)
+            row_mm, col_mm, slice_mm = spacing_from_affine(case.affine)
+            if min(row_mm, col_mm, slice_mm) <= 0:
+                raise InputError("invalid-spacing", f"spacing {row_mm, col_mm, slice_mm}")
+        except (BlobError, InputError) as error:
+            logger.warning(
+                "label skipped: %s",
+                error,
+                extra={"segmentation_event_id": case.segmentation_event_id},
+            )
+            continue
+        usable.append((volume, labels, (row_mm, col_mm), slice_mm))
+        targets.append(case.targets())
+    skipped = len(cases) - len(usable)
+    if not usable:
+        return None, skipped
+    return fast_arrays_from_cases(usable, np.asarray(targets, np.float32)), skipped
+
+
 class Retrainer:
     """Runs rounds against one label store and one registry (see the module docstring)."""
 
@@ -129,33 +157,6 @@ class Retrainer:
         data = self.blobs.get(current.artifact)  # verifies size and SHA-256
         return load_artifact(data, sha256=current.artifact.sha256), str(current.version)
 
-    def arrays(self, cases: list[LabelledCase]) -> tuple[FastArrays | None, int]:
-        """Fast-model inputs of ``cases``; cases whose blobs are gone or whose pair the
-        predictor would refuse are skipped (and counted)."""
-        usable = []
-        targets = []
-        for case in cases:
-            try:
-                volume = self.blobs.get_array(case.volume)
-                labels = self.blobs.get_array(case.labelmap)
-                check_pair(volume, labels)
-                row_mm, col_mm, slice_mm = spacing_from_affine(case.affine)
-                if min(row_mm, col_mm, slice_mm) <= 0:
-                    raise InputError("invalid-spacing", f"spacing {row_mm, col_mm, slice_mm}")
-            except (BlobError, InputError) as error:
-                logger.warning(
-                    "label skipped: %s",
-                    error,
-                    extra={"segmentation_event_id": case.segmentation_event_id},
-                )
-                continue
-            usable.append((volume, labels, (row_mm, col_mm), slice_mm))
-            targets.append(case.targets())
-        skipped = len(cases) - len(usable)
-        if not usable:
-            return None, skipped
-        return fast_arrays_from_cases(usable, np.asarray(targets, np.float32)), skipped
-
     def run_once(self) -> Decision | None:
         """One round if ``ready()``; None otherwise (or when too few usable labels remain)."""
         if not self.ready():
@@ -173,9 +174,9 @@ class Retrainer:
         val_cases = [c for c in training if _in_validation(c)] or fit_cases[
             -max(1, len(fit_cases) // 10) :
         ]
-        fit_data, skipped_fit = self.arrays(fit_cases)
-        val_data, skipped_val = self.arrays(val_cases)
-        holdout_data, skipped_holdout = self.arrays(holdout)
+        fit_data, skipped_fit = case_arrays(self.blobs, fit_cases)
+        val_data, skipped_val = case_arrays(self.blobs, val_cases)
+        holdout_data, skipped_holdout = case_arrays(self.blobs, holdout)
         skipped = skipped_fit + skipped_val + skipped_holdout
         if fit_data is None or val_data is None or holdout_data is None:
             logger.warning("round abandoned: no usable labels", extra={"skipped": skipped})
