@@ -97,9 +97,13 @@ def _curve(args: argparse.Namespace) -> int:
 
 
 def _live_curve(args: argparse.Namespace) -> int:
+    import signal
+
     from cmrqc_retrainer.live_curve import LIVE_SEED_START, run_live_curve
     from cmrqc_retrainer.settings import RetrainerSettings
 
+    # SIGTERM unwinds like Ctrl-C: the services this run started are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = RetrainerSettings()
     summary = run_live_curve(
         dataset_root=args.dataset,

@@ -163,6 +163,16 @@ def run_live_curve(
         **(service_env or {}),
     }
     dicom_port = free_port()
+
+    def replica(env_prefix: str, label: str) -> dict[str, str]:
+        # Consumer groups and instance ids of this run only: static membership and
+        # transactional ids derive from them, and a replica that shares either with another
+        # pipeline on the same broker (a test, a demo) fences it.
+        return {
+            f"{env_prefix}RUNNER__GROUP_ID": f"{run}-{label}",
+            f"{env_prefix}RUNNER__INSTANCE_ID": f"{run}-{label}",
+        }
+
     services = [
         ServiceProcess(
             "ingest",
@@ -171,6 +181,7 @@ def run_live_curve(
                 "CMRQC_INGEST_DICOM_PORT": str(dicom_port),
                 "CMRQC_INGEST_STOW_PORT": str(free_port()),
                 "CMRQC_INGEST_SPOOL_DIR": str(out / "spool" / run),
+                **replica("CMRQC_INGEST_", "ingest"),
             },
         ),
         *(
@@ -179,8 +190,8 @@ def run_live_curve(
                 "CMRQC_SEGMENTER_",
                 {
                     "CMRQC_SEGMENTER_MODEL": spec,
-                    "CMRQC_SEGMENTER_RUNNER__GROUP_ID": f"segmenter-{_segmenter_label(spec)}",
                     "CMRQC_SEGMENTER_TORCH_THREADS": "1",
+                    **replica("CMRQC_SEGMENTER_", f"segmenter-{_segmenter_label(spec)}"),
                 },
                 instance=f"segmenter-{_segmenter_label(spec)}",
             )
@@ -192,6 +203,7 @@ def run_live_curve(
             {
                 "CMRQC_QC_PREDICTOR_MODEL_SOURCE": str(initial_path),
                 "CMRQC_QC_PREDICTOR_TORCH_THREADS": "1",
+                **replica("CMRQC_QC_PREDICTOR_", "qc-predictor"),
             },
         ),
         *(
@@ -200,7 +212,8 @@ def run_live_curve(
                 "CMRQC_RCA_LABELLER_",
                 {
                     "CMRQC_RCA_LABELLER_TORCH_THREADS": "1",
-                    "CMRQC_RCA_LABELLER_RUNNER__INSTANCE_ID": f"{run}-rca-{worker}",
+                    **replica("CMRQC_RCA_LABELLER_", "rca-labeller"),
+                    "CMRQC_RCA_LABELLER_RUNNER__INSTANCE_ID": f"{run}-rca-labeller-{worker}",
                 },
                 instance=f"rca-labeller-{worker}",
             )
@@ -219,6 +232,7 @@ def run_live_curve(
                 "CMRQC_RETRAINER_STORE_PREFIX": store_prefix,
                 "CMRQC_RETRAINER_REGISTRY_PREFIX": registry_prefix,
                 "CMRQC_RETRAINER_TORCH_THREADS": "1",
+                **replica("CMRQC_RETRAINER_", "retrainer"),
             },
         ),
     ]
