@@ -224,3 +224,24 @@ def _wait(condition, timeout_s: float = 30.0) -> bool:  # type: ignore[no-untype
 def test_read_topic_sees_nothing_of_an_empty_topic(kafka: KafkaSettings) -> None:
     _ensure_input_topic(kafka)
     assert list(read_topic(kafka, IN, idle_s=0.5, timeout_s=5)) == []
+
+
+def test_the_default_consumer_group_is_namespaced_like_the_topics() -> None:
+    """Two deployments sharing a cluster under different namespaces must not share a group:
+    static membership and transactional ids derive from it, and they would fence each other."""
+    staging = KafkaSettings(bootstrap_servers="unused:9092", topic_namespace="staging.")
+    production = KafkaSettings(bootstrap_servers="unused:9092")
+    runners = [
+        StreamRunner(
+            service=SERVICE,
+            input_type=VolumeReady,
+            handler=_forward,
+            kafka=kafka,
+            settings=RunnerSettings(instance_id="pod-0", health_port=0),
+        )
+        for kafka in (staging, production)
+    ]
+    assert [r.group_id for r in runners] == [f"staging.{SERVICE.service}", SERVICE.service]
+    assert runners[0].transactional_id != runners[1].transactional_id
+    explicit = _runner(staging, group_id="chosen")
+    assert explicit.group_id == "chosen"  # an explicit group is taken as given

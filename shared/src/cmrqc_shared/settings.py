@@ -43,8 +43,18 @@ class KafkaSettings(BaseModel):
     ssl_cafile: str | None = Field(default=None, description="CA bundle for SSL, a file path.")
     topic_namespace: str = Field(
         default="",
-        description="Prefix prepended to every topic name (shared clusters, isolated tests).",
+        description="Prefix prepended to every topic name and to the default consumer groups "
+        "(shared clusters, isolated tests).",
     )
+
+    def consumer_group(self, service: str) -> str:
+        """The default consumer group of ``service``: its name after the topic namespace.
+
+        Two deployments on one cluster under different namespaces (staging and production,
+        two test runs) then never share a group — nor, through it, the static-membership and
+        transactional ids derived from group and instance id, which would fence each other.
+        """
+        return f"{self.topic_namespace}{service}"
 
     def client_config(self) -> dict[str, Any]:
         """Keyword arguments common to every kafka-python client."""
@@ -97,7 +107,8 @@ class RunnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     group_id: str | None = Field(
-        default=None, description="Consumer group; defaults to the service name."
+        default=None,
+        description="Consumer group; default: the topic namespace, then the service name.",
     )
     processing_guarantee: ProcessingGuarantee = Field(
         default="exactly-once",

@@ -393,7 +393,7 @@ class RcaLabellerService:
             unknown_cost=settings.priority_unknown_cost,
             done_ttl_s=int(timedelta(days=settings.done_ttl_days).total_seconds()),
         )
-        group = settings.runner.group_id or SERVICE_NAME
+        group = settings.runner.group_id or settings.kafka.consumer_group(SERVICE_NAME)
         ensure_namespaced_topics(self.settings.kafka, client_id=f"{SERVICE_NAME}-admin")
         self.intake = StreamRunner(
             service=producer,

@@ -152,7 +152,7 @@ class RetrainerService:
         self.registry = ModelRegistry(
             client, self.blobs, self.publisher, actor=producer, key_prefix=settings.registry_prefix
         )
-        group = settings.runner.group_id or SERVICE_NAME
+        group = settings.runner.group_id or settings.kafka.consumer_group(SERVICE_NAME)
         self.rca_intake = StreamRunner(
             service=producer,
             input_type=RcaLabel,

@@ -147,7 +147,7 @@ class StreamRunner(Generic[E]):
         self.kafka = kafka
         self.settings = settings
         self.input_topic = kafka.topic(input_topic or input_type.TOPIC)
-        self.group_id = settings.group_id or service.service
+        self.group_id = settings.group_id or kafka.consumer_group(service.service)
         self.exactly_once = settings.processing_guarantee == "exactly-once"
         self.transactional_id = f"{self.group_id}-{settings.instance_id}"
         self.error_policy = error_policy or retry_then_dead_letter(settings.max_attempts)
