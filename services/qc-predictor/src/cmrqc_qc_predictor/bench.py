@@ -28,7 +28,7 @@ from cmrqc_qc_predictor.artifact import BUILTIN_FAST, QcModel, load_artifact_fil
 from cmrqc_qc_predictor.inputs import case_inputs, collate
 from cmrqc_qc_predictor.models import FAST_ARCHITECTURE, PAPER_ARCHITECTURE, PaperResNet3d
 from cmrqc_qc_predictor.predictor import Case, run_network
-from cmrqc_qc_predictor.prepare import check_pair, prepare_input
+from cmrqc_qc_predictor.prepare import prepare_input
 from cmrqc_shared.datasets.splits import DEMO
 
 
@@ -46,7 +46,6 @@ def bench_cases(count: int) -> list[Case]:
 
 
 def _prepare(architecture: str, case: Case) -> dict[str, torch.Tensor]:
-    check_pair(case.image, case.labels)
     prepared = prepare_input(case.image, case.labels, case.pixel_spacing_mm, case.slice_spacing_mm)
     return case_inputs(architecture, prepared)
 

@@ -4,7 +4,7 @@ The geometry of a segmentation says a lot about its quality (a cavity not enclos
 myocardium, slices missing between occupied ones, mass far from the heart, a "cavity" that
 sits on dark tissue). The ``fast`` model receives these numbers next to its heart-centred crop,
 in particular those the crop cannot see (volumes over the whole field of view, the fraction of
-each class outside the crop). All are computed with a few tensor reductions (~1 ms a case).
+each class outside the crop). All are computed with a few tensor reductions and matrix-vector products (~1 ms a case).
 """
 
 from __future__ import annotations
@@ -86,30 +86,39 @@ def segmentation_features(
         grid_mm: in-plane grid pixel size, mm.
         slice_mm: grid slice distance, mm.
     """
-    half = tensor.shape[-1] // 2
+    channels, slices, size = tensor.shape[0], tensor.shape[1], tensor.shape[-1]
+    half = size // 2
     # The 2 × 2 mean (what bilinear resampling at scale 1/2 computes, to float rounding) as
-    # two strided pair sums: a third of the time of F.interpolate on the CPU.
+    # two strided pair sums, written into one buffer whose last plane is the foreground
+    # (1 − BG): LV, LVM, RVC and WH are then one contiguous (4, 8, h, w) view, no copy.
     pairs = tensor[:, :, 0::2] + tensor[:, :, 1::2]
-    grid = (pairs[..., 0::2] + pairs[..., 1::2]).mul_(0.25)
+    pooled = torch.empty((channels + 1, slices, half, half), dtype=torch.float32)
+    torch.add(pairs[..., 0::2], pairs[..., 1::2], out=pooled[:channels]).mul_(0.25)
+    pooled[channels].copy_(pooled[1]).neg_().add_(1.0)
     pixel_mm = 2.0 * grid_mm
-    image, background, masks = grid[0], grid[1], grid[2:]  # masks: LV, LVM, RVC
-    foreground = 1.0 - background
-    classes = torch.cat([masks, foreground[None]])  # (4, 8, h, w): LV, LVM, RVC, WH
+    image, background, masks = pooled[0], pooled[1], pooled[2:channels]  # masks: LV, LVM, RVC
+    foreground = pooled[channels]
+    classes = pooled[2:]  # (4, 8, h, w): LV, LVM, RVC, WH
+    flat = classes.reshape(4, -1)
     # Pixel counts on the pooled grid are a quarter of the full grid's.
-    per_slice = classes.sum(dim=(2, 3)).double().numpy() * 4.0
-    totals = classes.sum(dim=(1, 2, 3))
+    per_slice_t = classes.sum(dim=(2, 3))
+    per_slice = per_slice_t.double().numpy() * 4.0
+    totals = per_slice_t.sum(dim=1)
     safe = totals.clamp_min(1e-6)
+    planes = classes.sum(dim=1)  # (4, h, w): over slices, for the crop and the moments
     row0, col0 = crop_corner[0] // 2, crop_corner[1] // 2
     half_crop = CROP_SIZE // 2
-    inside = classes[:, :, row0 : row0 + half_crop, col0 : col0 + half_crop].sum(dim=(1, 2, 3))
+    inside = planes[:, row0 : row0 + half_crop, col0 : col0 + half_crop].sum(dim=(1, 2))
     outside = torch.where(
         totals > 0, (1.0 - inside / safe).clamp_min(0.0), torch.zeros_like(totals)
     )
-    intensity = (classes * image).sum(dim=(1, 2, 3)) / safe
-    intensity_sq = (classes * image * image).sum(dim=(1, 2, 3)) / safe
+    pixels = image.reshape(-1)
+    # Σ mask·I and Σ mask·I² as matrix-vector products (no (4, 8, h, w) temporaries).
+    intensity = (flat @ pixels) / safe
+    intensity_sq = (flat @ (pixels * pixels)) / safe
     intensity_sd = (intensity_sq - intensity**2).clamp_min(0.0).sqrt()
     coords = torch.arange(half, dtype=torch.float32) * pixel_mm
-    rows, cols = classes.sum(dim=(1, 3)), classes.sum(dim=(1, 2))  # (4, h), (4, w)
+    rows, cols = planes.sum(dim=2), planes.sum(dim=1)  # (4, h), (4, w)
     mean_r, mean_c = (rows * coords).sum(1) / safe, (cols * coords).sum(1) / safe
     spread = (
         (
@@ -142,19 +151,19 @@ def segmentation_features(
     near_background = _near(background)
     near_lv = _near(masks[0])
 
-    def touching(mask: torch.Tensor, near: torch.Tensor) -> float:
-        total = float(mask.sum())
-        return float((mask * near).sum()) / total if total > 0 else 0.0
+    def touching(index: int, near: torch.Tensor) -> float:
+        total = float(totals[index])
+        return float(torch.dot(flat[index], near.reshape(-1))) / total if total > 0 else 0.0
 
     values += [
         float(log_ml[3]),
         wh_occupied,
         wh_gaps,
         float(outside[3]),
-        float((ring * image).sum()) / ring_total if ring_total > 0 else 0.0,
-        touching(masks[0], near_background),
-        touching(masks[2], near_lv),
-        touching(masks[1], near_lv),
+        float(torch.dot(ring.reshape(-1), pixels)) / ring_total if ring_total > 0 else 0.0,
+        touching(0, near_background),
+        touching(2, near_lv),
+        touching(1, near_lv),
         float(image.mean()),
         grid_mm / 2.0,
         slice_mm / 10.0,

@@ -106,7 +106,11 @@ def predict_cases(
             check_pair(case.image, case.labels)
             reasons = rule_violations(case.labels)
             prepared = prepare_input(
-                case.image, case.labels, case.pixel_spacing_mm, case.slice_spacing_mm
+                case.image,
+                case.labels,
+                case.pixel_spacing_mm,
+                case.slice_spacing_mm,
+                checked=True,  # just above
             )
         except InputError as error:
             results[index] = invalid_prediction(error.reason, str(error), thresholds, coverage)

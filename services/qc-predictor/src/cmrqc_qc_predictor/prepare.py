@@ -141,6 +141,8 @@ def prepare_input(
     labels: NDArray[np.integer],
     pixel_spacing_mm: tuple[float, float],
     slice_spacing_mm: float = 1.0,
+    *,
+    checked: bool = False,
 ) -> PreparedInput:
     """Resample a (slices, rows, cols) image and its labelmap to the 5 × 8 × 224 × 224 grid.
 
@@ -154,11 +156,13 @@ def prepare_input(
         labels: labelmap on the same grid, values 0 BG, 1 LV, 2 LVM, 3 RVC.
         pixel_spacing_mm: (row spacing, column spacing), mm.
         slice_spacing_mm: distance between slice centres, mm (only reported on the grid).
+        checked: the caller already ran ``check_pair`` on this pair (skips a second pass).
 
     Raises:
         InputError: see ``check_pair``; ``invalid-spacing`` for non-positive spacings.
     """
-    check_pair(image, labels)
+    if not checked:
+        check_pair(image, labels)
     row_mm, col_mm = (float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1]))
     if not (row_mm > 0 and col_mm > 0 and slice_spacing_mm > 0):
         raise InputError("invalid-spacing", f"spacings must be positive: {pixel_spacing_mm}")
@@ -210,9 +214,15 @@ def prepare_input(
     row0, col0 = (GRID_SIZE - out_rows) // 2, (GRID_SIZE - out_cols) // 2
     window = (slice(row0, row0 + out_rows), slice(col0, col0 + out_cols))
     grid = torch.empty((CHANNELS, GRID_SLICES, GRID_SIZE, GRID_SIZE), dtype=torch.float32)
-    if out_rows < GRID_SIZE or out_cols < GRID_SIZE:  # letterbox: image 0, BG 1, classes 0
-        grid.zero_()
-        grid[1].fill_(1.0)
+    # The letterbox margins (image 0, BG 1, classes 0); the window is written below.
+    for margin in (
+        (slice(None), slice(0, row0)),
+        (slice(None), slice(row0 + out_rows, None)),
+        (slice(None), slice(row0, row0 + out_rows), slice(0, col0)),
+        (slice(None), slice(row0, row0 + out_rows), slice(col0 + out_cols, None)),
+    ):
+        grid[(slice(None), *margin)] = 0.0
+        grid[(1, *margin)] = 1.0
     grid[0][(slice(None), *window)] = resized[0]
     grid[1][(slice(None), *window)] = foreground.neg_().add_(1.0)
     grid[2:][(slice(None), slice(None), *window)] = resized[1:]
