@@ -4,7 +4,8 @@ The geometry of a segmentation says a lot about its quality (a cavity not enclos
 myocardium, slices missing between occupied ones, mass far from the heart, a "cavity" that
 sits on dark tissue). The ``fast`` model receives these numbers next to its heart-centred crop,
 in particular those the crop cannot see (volumes over the whole field of view, the fraction of
-each class outside the crop). All are computed with a few tensor reductions and matrix-vector products (~1 ms a case).
+each class outside the crop). All are computed with a few tensor reductions and
+matrix-vector products (~1 ms a case).
 """
 
 from __future__ import annotations
