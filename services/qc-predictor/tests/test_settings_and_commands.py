@@ -58,3 +58,6 @@ def test_bench_times_both_models_in_their_own_processes() -> None:
                 figures["prepare_ms"] + figures["forward_ms"], abs=0.02
             )
     assert set(cpu["ratio_paper_over_fast"]) == {"batch_1", "batch_2"}
+    # the CPU under both OpenMP wait policies, whatever the calling process had set
+    assert report["devices"]["cpu-omp-passive"]["omp_wait_policy"] == "PASSIVE"
+    assert cpu["omp_wait_policy"].startswith("unset")

@@ -9,13 +9,23 @@ The cases are synthetic studies from the DEMO seed range. Each model runs in its
 (as the services do), warmed up by one untimed round; timed rounds alternate between the
 models, one process working at a time; figures are medians over rounds; nothing is asserted
 about them.
+
+OpenMP's wait policy changes CPU figures a lot on a 2-core machine (idle threads spinning or
+sleeping between the many small parallel regions of a forward pass), and the workers would
+otherwise inherit whatever the parent process set — ``cmrqc``'s segmenter plugin sets
+``OMP_WAIT_POLICY=PASSIVE`` for its own service when imported. So the CPU is measured under
+each policy of ``CPU_WAIT_POLICIES`` explicitly: unset (the runtime's default, as the QC
+predictor's container runs) and ``PASSIVE`` (as a deployment may set it for CPU-limited pods).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -192,6 +202,28 @@ def measure_side_by_side(
                 process.kill()
 
 
+CPU_WAIT_POLICIES: dict[str, str | None] = {"cpu": None, "cpu-omp-passive": "PASSIVE"}
+"""Report key → ``OMP_WAIT_POLICY`` of the workers (None: unset, the runtime's default)."""
+
+
+@contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """``os.environ[name]`` set (or removed, for None) while workers are spawned: a spawned
+    child copies the environment when it starts."""
+    saved = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
 def _receive(connection: Connection, name: str) -> Any:
     try:
         return connection.recv()
@@ -223,24 +255,32 @@ def run_bench(
         "torch": torch.__version__,
         "devices": {},
     }
+    runs: list[tuple[str, str, str | None]] = []  # report key, device, OMP_WAIT_POLICY
     for name in devices:
+        if torch.device(name).type == "cpu":
+            runs += [(key, name, policy) for key, policy in CPU_WAIT_POLICIES.items()]
+        else:
+            runs.append((name, name, os.environ.get("OMP_WAIT_POLICY")))
+    for key, name, policy in runs:
         device = torch.device(name)
-        results = measure_side_by_side(
-            ["paper", "fast"],
-            fast_artifact=fast_artifact,
-            device_name=name,
-            batch=batch,
-            rounds=rounds,
-            threads=threads,
-        )
+        with _environment("OMP_WAIT_POLICY", policy):
+            results = measure_side_by_side(
+                ["paper", "fast"],
+                fast_artifact=fast_artifact,
+                device_name=name,
+                batch=batch,
+                rounds=rounds,
+                threads=threads,
+            )
         ratios = {
-            key: round(results["paper"][key]["total_ms"] / results["fast"][key]["total_ms"], 1)
-            for key in results["fast"]
+            size: round(results["paper"][size]["total_ms"] / results["fast"][size]["total_ms"], 1)
+            for size in results["fast"]
         }
-        report["devices"][name] = {
+        report["devices"][key] = {
             **results,
             "ratio_paper_over_fast": ratios,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "omp_wait_policy": policy or "unset (runtime default)",
         }
     report["architectures"] = {"paper": PAPER_ARCHITECTURE, "fast": FAST_ARCHITECTURE}
     return report

@@ -273,7 +273,10 @@ def _bench(args: argparse.Namespace) -> int:
         _emit(json.dumps(report))
         return 0
     for device, results in report["devices"].items():
-        _emit(f"{device} ({results['device_name']}, {report['threads']} threads):")
+        _emit(
+            f"{device} ({results['device_name']}, {report['threads']} threads, "
+            f"OMP_WAIT_POLICY {results['omp_wait_policy']}):"
+        )
         for model in ("paper", "fast"):
             for key, row in results[model].items():
                 _emit(
