@@ -21,7 +21,7 @@ from cmrqc_cli.infra import KafkaCluster, redis_url, start_cluster, start_redis
 from cmrqc_cli.infra.paths import run_dir
 from cmrqc_shared.datasets.splits import DEMO
 from cmrqc_shared.events import QcResult, RcaLabel, SegmentationReady
-from cmrqc_shared.processes import ServiceProcess, free_port
+from cmrqc_shared.processes import ServiceProcess, free_port, ingest_process
 from cmrqc_shared.settings import KafkaSettings
 from cmrqc_shared.topics import ensure_namespaced_topics
 
@@ -63,15 +63,7 @@ def run_demo(
         "CMRQC_LOG_FORMAT": "json",
     }
     services = [
-        ServiceProcess(
-            "ingest",
-            "CMRQC_INGEST_",
-            {
-                "CMRQC_INGEST_DICOM_PORT": str(dicom_port),
-                "CMRQC_INGEST_STOW_PORT": str(free_port()),
-                "CMRQC_INGEST_SPOOL_DIR": str(run_dir() / "demo" / "spool"),
-            },
-        ),
+        ingest_process(dicom_port, run_dir() / "demo" / "spool"),
         ServiceProcess("segmenter", "CMRQC_SEGMENTER_"),
         ServiceProcess("qc-predictor", "CMRQC_QC_PREDICTOR_"),
     ]

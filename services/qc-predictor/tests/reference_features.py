@@ -3,30 +3,10 @@ reference the optimised ``segmentation_features`` is compared against."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from numpy.typing import NDArray
 
-from cmrqc_qc_predictor.features import _LENGTH_SCALE_MM, _OCCUPIED_PX
-from cmrqc_qc_predictor.prepare import CROP_SIZE, GRID_SLICES
-
-
-def _occupancy(mass_per_slice: NDArray[np.float64]) -> tuple[float, float]:
-    """(fraction of slices occupied, fraction of empty slices between occupied ones)."""
-    occupied = np.flatnonzero(mass_per_slice >= _OCCUPIED_PX)
-    if occupied.size == 0:
-        return 0.0, 0.0
-    span = int(occupied[-1] - occupied[0]) + 1
-    return occupied.size / GRID_SLICES, (span - occupied.size) / GRID_SLICES
-
-
-def _near(mask: torch.Tensor) -> torch.Tensor:
-    """3 × 3 in-plane max filter of (8, H, W) masks (separable, zero outside): where ``mask``
-    is within one pixel."""
-    padded = F.pad(mask, (1, 1, 1, 1))
-    rows = torch.maximum(torch.maximum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
-    return torch.maximum(torch.maximum(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
+from cmrqc_qc_predictor.features import _LENGTH_SCALE_MM, _near, _occupancy
+from cmrqc_qc_predictor.prepare import CROP_SIZE
 
 
 def reference_segmentation_features(

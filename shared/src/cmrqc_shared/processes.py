@@ -84,3 +84,20 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+
+def ingest_process(
+    dicom_port: int, spool_dir: Path, extra_env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """The ingest service listening for C-STORE on ``dicom_port`` (STOW-RS on a free port),
+    spooling under ``spool_dir``."""
+    return ServiceProcess(
+        "ingest",
+        "CMRQC_INGEST_",
+        {
+            "CMRQC_INGEST_DICOM_PORT": str(dicom_port),
+            "CMRQC_INGEST_STOW_PORT": str(free_port()),
+            "CMRQC_INGEST_SPOOL_DIR": str(spool_dir),
+            **(extra_env or {}),
+        },
+    )

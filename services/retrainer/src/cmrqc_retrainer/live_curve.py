@@ -65,7 +65,7 @@ from cmrqc_shared.events import (
     SegmentationReady,
 )
 from cmrqc_shared.metrics import dice_per_class
-from cmrqc_shared.processes import ServiceProcess, free_port
+from cmrqc_shared.processes import ServiceProcess, free_port, ingest_process
 from cmrqc_shared.settings import KafkaSettings
 from cmrqc_shared.simulator import push_studies, study_failed
 from cmrqc_shared.topics import ensure_namespaced_topics
@@ -174,16 +174,7 @@ def run_live_curve(
         }
 
     services = [
-        ServiceProcess(
-            "ingest",
-            "CMRQC_INGEST_",
-            {
-                "CMRQC_INGEST_DICOM_PORT": str(dicom_port),
-                "CMRQC_INGEST_STOW_PORT": str(free_port()),
-                "CMRQC_INGEST_SPOOL_DIR": str(out / "spool" / run),
-                **replica("CMRQC_INGEST_", "ingest"),
-            },
-        ),
+        ingest_process(dicom_port, out / "spool" / run, replica("CMRQC_INGEST_", "ingest")),
         *(
             ServiceProcess(
                 "segmenter",
