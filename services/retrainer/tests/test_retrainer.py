@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import redis
 
 from cmrqc_retrainer.labels import LabelStore
 from cmrqc_retrainer.settings import RetrainerSettings
-from cmrqc_retrainer.worker import Retrainer, curve_points
+from cmrqc_retrainer.worker import Retrainer, case_arrays, curve_points
 from cmrqc_shared.blobs import BlobCorruptedError, BlobStore
 from cmrqc_shared.bus.publisher import EventPublisher, read_events
 from cmrqc_shared.events import ModelPublished, ProducerInfo
@@ -146,3 +147,65 @@ def test_a_trainer_that_died_after_registering_does_not_train_the_same_labels_ag
     assert store.watermark() == decision.watermark
     assert not restarted.ready() and restarted.run_once() is None
     assert np.isfinite(decision.serving_holdout_wh_mae)
+
+
+def test_a_challenger_that_forgets_the_guard_set_is_never_promoted(
+    store: LabelStore,
+    blobs: BlobStore,
+    registry: ModelRegistry,
+    redis_url: str,
+    prefix: str,
+    synthetic_cases: list,  # type: ignore[type-arg]
+) -> None:
+    """Training labels and holdout from one skewed stream (here: every label inverted) agree
+    with each other, so the holdout cannot see what the challenger unlearns; the guard set's
+    fixed ground truth can. Without the guard the same challenger is promoted."""
+    control = LabelStore.from_url(redis_url, f"{prefix}:control", store.holdout_fraction)
+    for index, case in enumerate(synthetic_cases):
+        skewed = {k: 1.0 - v for k, v in case[3].items()}
+        for labels in (store, control):
+            labels.record(labelled(blobs, case, index, source="groundtruth", dsc=skewed))
+    guard, skipped = case_arrays(
+        blobs,
+        [
+            labelled(blobs, case, 500 + index, source="groundtruth")
+            for index, case in enumerate(synthetic_cases[::2])
+        ],
+    )
+    assert guard is not None and skipped == 0
+    guarded = Retrainer(SETTINGS, store, registry, blobs, tiny_model(), guard=guard).run_once()
+    assert guarded is not None and not guarded.promoted, guarded
+    assert guarded.challenger_holdout_mae["WH"] < guarded.champion_holdout_mae["WH"] - 0.01
+    assert guarded.challenger_guard_mae is not None and guarded.champion_guard_mae is not None
+    assert guarded.challenger_guard_mae["WH"] > guarded.champion_guard_mae["WH"] + 0.01
+    assert "exceeded" in guarded.reason
+    assert registry.current("qc-predictor") is None  # the initial model keeps serving
+
+    # The same labels, no guard (and a registry of its own, whose watermark is still 0): the
+    # holdout alone promotes the same kind of challenger.
+    control_registry = ModelRegistry(
+        redis.Redis.from_url(redis_url),
+        blobs,
+        None,
+        actor=ProducerInfo(service="retrainer-test", version="0"),
+        key_prefix=f"{prefix}:control-models:",
+    )
+    unguarded = Retrainer(SETTINGS, control, control_registry, blobs, tiny_model()).run_once()
+    control.close()
+    assert unguarded is not None and unguarded.promoted, unguarded
+
+
+def test_the_guard_set_is_read_from_a_qc_dataset_and_a_bad_path_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    from cmrqc_retrainer.service import load_guard_set
+
+    from .test_curve import _tiny_dataset
+
+    assert load_guard_set(RetrainerSettings()) is None
+    _tiny_dataset(tmp_path / "ds", tmp_path / "labels.jsonl")
+    guard = load_guard_set(RetrainerSettings(guard_set=str(tmp_path / "ds"), guard_split="val"))
+    assert guard is not None and len(guard.targets) > 0
+    assert np.all((guard.targets >= 0) & (guard.targets <= 1))
+    with pytest.raises((FileNotFoundError, ValueError)):
+        load_guard_set(RetrainerSettings(guard_set=str(tmp_path / "missing")))

@@ -24,6 +24,7 @@ import numpy as np
 import redis
 
 from cmrqc_qc_predictor.artifact import BUILTIN_FAST, QcModel, load_artifact_file
+from cmrqc_qc_predictor.data import FastArrays
 from cmrqc_retrainer import __version__
 from cmrqc_retrainer.labels import LabelledCase, LabelSource, LabelStore
 from cmrqc_retrainer.settings import RetrainerSettings
@@ -121,6 +122,23 @@ def load_initial_model(source: str) -> QcModel:
     return load_artifact_file(BUILTIN_FAST if source == "builtin" else Path(source))
 
 
+def load_guard_set(settings: RetrainerSettings) -> FastArrays | None:
+    """The guard set's inputs and true Dice (``settings.guard_set``), or None when unset.
+
+    Raises:
+        FileNotFoundError / ValueError: the folder is not a QC dataset or the split is empty
+            (a misconfigured guard stops the service at start, not silently at promotion).
+    """
+    if not settings.guard_set:
+        return None
+    from cmrqc_qc_predictor.data import QcDatasets, balanced_split, fast_arrays
+
+    dataset = QcDatasets([Path(settings.guard_set)])
+    samples = balanced_split(dataset, settings.guard_split, seed=0)
+    logger.info("guard set: %d ground-truth cases", len(samples))
+    return fast_arrays(dataset, samples, progress=False)
+
+
 class RetrainerService:
     """Label store, registry, intakes and the trainer, wired from settings."""
 
@@ -175,6 +193,7 @@ class RetrainerService:
             self.registry,
             self.blobs,
             initial or load_initial_model(settings.initial_model),
+            guard=load_guard_set(settings),
         )
         self._stop = threading.Event()
 

@@ -52,6 +52,20 @@ class RetrainerSettings(ServiceSettings):
         ge=0.0,
         description="Promote only when the challenger's holdout WH MAE is lower by this much.",
     )
+    guard_set: str | None = Field(
+        default=None,
+        description="QC dataset folder (cmrqc make-qc-dataset layout) whose ground-truth "
+        "cases guard against forgetting: a challenger worse on them than the champion by more "
+        "than guard_margin is never promoted; unset: no guard.",
+    )
+    guard_split: str = Field(
+        default="val", description="Split of guard_set used (balanced by Dice bins)."
+    )
+    guard_margin: float = Field(
+        default=0.01,
+        ge=0.0,
+        description="Largest guard-set WH MAE increase over the champion a promotion tolerates.",
+    )
     epochs: int = Field(default=4, ge=1, description="Fine-tuning epochs per challenger.")
     learning_rate: float = Field(default=5e-4, gt=0.0, description="Fine-tuning learning rate.")
     batch_size: int = Field(default=16, ge=1, description="Fine-tuning batch size.")

@@ -13,9 +13,12 @@ after the watermark and the holdout has ``min_holdout`` cases:
    (``cmrqc_qc_predictor.training.fit_fast``) on the labels as targets.
 4. Both predict the holdout; the challenger is registered with both models' holdout MAE, and
    promoted (``ModelPublished`` on the compacted models topic: every predictor hot-swaps) only
-   if its whole-heart MAE is lower than the champion's by ``promote_margin``; otherwise it is
-   registered as rejected. Ground-truth holdout labels are preferred as the yardstick when
-   there are ``min_holdout`` of them.
+   if its whole-heart MAE is lower than the champion's by ``promote_margin`` — and, when a
+   guard set is given, its guard-set WH MAE is not higher than the champion's by more than
+   ``guard_margin`` (the holdout comes from the same stream as the training labels and cannot
+   see what the stream lacks: a guard set of fixed ground truth catches forgetting);
+   otherwise it is registered as rejected. Ground-truth holdout labels are preferred as the
+   yardstick when there are ``min_holdout`` of them.
 5. The watermark moves to the newest label used; a point joins the learning curve.
 
 A failure anywhere leaves the champion serving: nothing is promoted before step 4 succeeded.
@@ -67,6 +70,8 @@ class Decision:
     skipped_labels: int
     watermark: int
     seconds: float
+    champion_guard_mae: dict[str, float] | None = None
+    challenger_guard_mae: dict[str, float] | None = None
 
     @property
     def serving_holdout_wh_mae(self) -> float:
@@ -118,7 +123,10 @@ class Retrainer:
         registry: ModelRegistry,
         blobs: BlobStore,
         initial: QcModel,
+        guard: FastArrays | None = None,
     ) -> None:
+        """``guard``: the fixed ground-truth cases no promotion may get worse on (see the
+        module docstring); None: no guard."""
         if initial.architecture != FAST_ARCHITECTURE:
             raise ValueError(
                 f"the retrainer fine-tunes {FAST_ARCHITECTURE}, not {initial.architecture}"
@@ -128,6 +136,7 @@ class Retrainer:
         self.registry = registry
         self.blobs = blobs
         self.initial = initial
+        self.guard = guard
         self._recover_watermark()
 
     def _recover_watermark(self) -> None:
@@ -216,6 +225,22 @@ class Retrainer:
             f"{champion_mae['WH']:.4f} on {len(holdout_data.targets)} {holdout_source} cases "
             f"(margin {settings.promote_margin})"
         )
+        champion_guard = challenger_guard = None
+        if self.guard is not None:
+            guard = self.guard
+            champion_guard = mae_per_class(
+                predict_fast_arrays(champion_network, guard.crops, guard.features), guard.targets
+            )
+            challenger_guard = mae_per_class(
+                predict_fast_arrays(challenger, guard.crops, guard.features), guard.targets
+            )
+            forgets = challenger_guard["WH"] > champion_guard["WH"] + settings.guard_margin
+            promote = promote and not forgets
+            reason += (
+                f"; guard set WH MAE {challenger_guard['WH']:.4f} vs "
+                f"{champion_guard['WH']:.4f} on {len(guard.targets)} cases "
+                f"(tolerance {settings.guard_margin}{', exceeded' if forgets else ''})"
+            )
         created = datetime.now(UTC)
         provenance = {
             "trained_from": champion_version,
@@ -249,6 +274,9 @@ class Retrainer:
         )
         metrics = {f"holdout_mae_{k}": v for k, v in challenger_mae.items()}
         metrics.update({f"champion_holdout_mae_{k}": v for k, v in champion_mae.items()})
+        if challenger_guard is not None and champion_guard is not None:
+            metrics.update({f"guard_mae_{k}": v for k, v in challenger_guard.items()})
+            metrics.update({f"champion_guard_mae_{k}": v for k, v in champion_guard.items()})
         entry = self.registry.register(
             settings.model_name,
             data,
@@ -274,6 +302,8 @@ class Retrainer:
             skipped_labels=skipped,
             watermark=watermark,
             seconds=time.monotonic() - started,
+            champion_guard_mae=champion_guard,
+            challenger_guard_mae=challenger_guard,
         )
         self.store.append_curve(json.dumps(asdict(decision) | {"at": created.isoformat()}))
         logger.info(
