@@ -39,13 +39,19 @@ def registry(
 ) -> Iterator[ModelRegistry]:
     ensure_namespaced_topics(kafka)
     with EventPublisher(kafka) as publisher:
-        yield ModelRegistry(
-            redis.Redis.from_url(redis_url),
-            blobs,
-            publisher,
-            actor=ProducerInfo(service="retrainer-test", version="0"),
-            key_prefix=f"{prefix}:models:",
-        )
+        yield _registry(redis_url, blobs, publisher, f"{prefix}:models:")
+
+
+def _registry(
+    redis_url: str, blobs: BlobStore, publisher: EventPublisher | None, key_prefix: str
+) -> ModelRegistry:
+    return ModelRegistry(
+        redis.Redis.from_url(redis_url),
+        blobs,
+        publisher,
+        actor=ProducerInfo(service="retrainer-test", version="0"),
+        key_prefix=key_prefix,
+    )
 
 
 def _fill(store: LabelStore, blobs: BlobStore, cases: list) -> None:  # type: ignore[type-arg]
@@ -183,13 +189,7 @@ def test_a_challenger_that_forgets_the_guard_set_is_never_promoted(
 
     # The same labels, no guard (and a registry of its own, whose watermark is still 0): the
     # holdout alone promotes the same kind of challenger.
-    control_registry = ModelRegistry(
-        redis.Redis.from_url(redis_url),
-        blobs,
-        None,
-        actor=ProducerInfo(service="retrainer-test", version="0"),
-        key_prefix=f"{prefix}:control-models:",
-    )
+    control_registry = _registry(redis_url, blobs, None, f"{prefix}:control-models:")
     unguarded = Retrainer(SETTINGS, control, control_registry, blobs, tiny_model()).run_once()
     control.close()
     assert unguarded is not None and unguarded.promoted, unguarded
