@@ -101,7 +101,11 @@ def _send(port: int, files: list[Path]) -> float:
 
 
 def _measure(
-    mode: str, studies: list[list[Path]], kafka: KafkaSettings, work: Path
+    mode: str,
+    studies: list[list[Path]],
+    kafka: KafkaSettings,
+    work: Path,
+    warmup: list[Path] | None = None,
 ) -> dict[str, Any]:
     port = _free_port()
     instances = sum(len(files) for files in studies)
@@ -161,6 +165,10 @@ def _measure(
             while topic not in consumer.topics() and time.monotonic() < deadline:
                 time.sleep(0.1)
             consumer.subscribe([topic])
+        if warmup:  # a long-running service is warm: imports, connections, first topic write
+            _send(port, warmup)
+            if consumer is not None:
+                _collect(consumer, 2, [])
         arrivals: list[tuple[float, VolumeReady]] = []
         collector = None
         if consumer is not None:  # events are timed as they arrive, while the sends go on
@@ -241,18 +249,29 @@ def _volume_figures(
 
 
 def run_ingest_benchmark(
-    *, studies: int, rounds: int, kafka: KafkaSettings, seed_start: int = 100_500
+    *,
+    studies: int,
+    rounds: int,
+    kafka: KafkaSettings,
+    seed_start: int = 100_500,
+    warm: bool = True,
 ) -> dict[str, Any]:
-    """All modes over the same files, ``rounds`` alternating rounds; medians and ratios."""
+    """All modes over the same files, ``rounds`` alternating rounds; medians and ratios.
+
+    With ``warm`` every receiver first takes one other study (and, for ours, publishes its
+    volumes) before the timed sends: a PACS talks to a service that has been running, not
+    to one whose first series pays its imports and first topic write.
+    """
     if not (Path(STORESCP).exists() and Path(STORESCU).exists()):
         raise RuntimeError("DCMTK is needed for the benchmark: apt-get install dcmtk")
     with tempfile.TemporaryDirectory(prefix="cmrqc-bench-ingest-") as tmp:
         work = Path(tmp)
         files = make_studies(work / "studies", studies, seed_start)
+        warmup = make_studies(work / "warmup", 1, seed_start - 1)[0] if warm else None
         per_mode: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         for _ in range(rounds):
             for mode in MODES:
-                per_mode[mode].append(_measure(mode, files, kafka, work))
+                per_mode[mode].append(_measure(mode, files, kafka, work, warmup))
 
     def median(mode: str, *keys: str) -> float | None:
         values = []
@@ -287,6 +306,7 @@ def run_ingest_benchmark(
         "studies": studies,
         "instances": per_mode["dcmtk-storescp"][0]["instances"],
         "rounds": rounds,
+        "warm": warm,
         "modes": summary,
         "ratios": {
             "ingest_received_vs_storescp": (summary["ingest"]["received_per_s"] or 0) / floor,

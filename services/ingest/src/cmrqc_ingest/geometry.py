@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.ma  # np.median imports it on first use: ~60 ms on the first series)
 from numpy.typing import NDArray
 
 from cmrqc_ingest.frames import Frame
