@@ -38,6 +38,7 @@ from cmrqc_ingest.geometry import (
     group_slices,
     max_axis_alignment_deg,
 )
+from cmrqc_ingest.instance_ref import InstanceRef
 from cmrqc_ingest.phases import CinePhase, PhaseError, has_timing, select_es, split_phases
 from cmrqc_ingest.rules import (
     MIN_OBLIQUITY_DEG,
@@ -102,12 +103,14 @@ def instance_set_digest(sop_instance_uids: Sequence[str]) -> str:
 
 
 def read_series(
-    paths: Sequence[Path], records: Mapping[Path, InstanceRecord] | None = None
+    paths: Sequence[Path | InstanceRef],
+    records: Mapping[Path | InstanceRef, InstanceRecord] | None = None,
 ) -> tuple[list[InstanceHeader], list[Frame], set[str]]:
-    """Headers and frames of every file, one per SOPInstanceUID, plus identifiers to scrub.
+    """Headers and frames of every instance, one per SOPInstanceUID, plus identifiers to
+    scrub.
 
-    ``records``: headers already read (``frames.read_instance_record``) by path; the other
-    files are read here.
+    ``paths``: files or spool log records (``InstanceRef``). ``records``: headers already
+    read (``frames.read_instance_record``) by path or record; the others are read here.
 
     Raises:
         AssemblyError: a file cannot be read or lacks geometry.
@@ -121,22 +124,26 @@ class _SeriesFiles:
     headers: list[InstanceHeader]
     frames: list[Frame]
     identifiers: set[str]
-    pixels: dict[Path, PixelLocation]
-    """Pixel data locations of the files that have one (see ``frames.PixelLocation``)."""
+    pixels: dict[InstanceRef, PixelLocation]
+    """Pixel data locations of the instances that have one (see ``frames.PixelLocation``)."""
 
 
-def _read_series(paths: Sequence[Path], records: Mapping[Path, InstanceRecord]) -> _SeriesFiles:
+def _read_series(
+    paths: Sequence[Path | InstanceRef], records: Mapping[Path | InstanceRef, InstanceRecord]
+) -> _SeriesFiles:
     headers: list[InstanceHeader] = []
     frames: list[Frame] = []
     identifiers: set[str] = set()
-    pixels: dict[Path, PixelLocation] = {}
+    pixels: dict[InstanceRef, PixelLocation] = {}
     seen: set[str] = set()
-    for path in sorted(paths):
+    known = {InstanceRef.of(key): record for key, record in records.items()}
+    refs = sorted({InstanceRef.of(p) for p in paths}, key=lambda r: (str(r.path), r.offset))
+    for path in refs:
         try:
-            record = records.get(path) or read_instance_record(path)
+            record = known.get(path) or read_instance_record(path)
         except FrameError as error:
             raise AssemblyError(error.reason, error.message, {"file": path.name}) from None
-        except Exception as error:  # a spooled file pydicom can no longer parse
+        except Exception as error:  # a spooled instance pydicom can no longer parse
             raise AssemblyError(
                 "unreadable-instance",
                 f"cannot read a spooled instance ({type(error).__name__})",
@@ -157,17 +164,18 @@ def _read_series(paths: Sequence[Path], records: Mapping[Path, InstanceRecord]) 
 
 
 def assemble_series(
-    paths: Sequence[Path],
+    paths: Sequence[Path | InstanceRef],
     *,
     min_slices: int = 3,
     publish_all_phases: bool = False,
     min_obliquity_deg: float = MIN_OBLIQUITY_DEG,
-    records: Mapping[Path, InstanceRecord] | None = None,
+    records: Mapping[Path | InstanceRef, InstanceRecord] | None = None,
 ) -> AssembledSeries:
     """Assemble the spooled files of one series into ED/ES volumes.
 
     Args:
-        paths: the series' Part 10 files (any order; duplicates by SOPInstanceUID ignored).
+        paths: the series' Part 10 files or spool log records (any order; duplicates by
+            SOPInstanceUID ignored).
         min_slices: fewer slice positions is not a short-axis stack (skipped).
         publish_all_phases: also return the phases other than ED and ES.
         min_obliquity_deg: see rule ``not-oblique``.

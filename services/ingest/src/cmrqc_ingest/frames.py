@@ -32,6 +32,8 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from cmrqc_ingest.instance_ref import InstanceRef
+
 #: Transfer syntaxes whose pixel data is a plain byte run in the file (PixelLocation).
 _LOCATABLE_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 _PIXEL_DATA_TAG = 0x7FE00010
@@ -54,7 +56,8 @@ class FrameError(Exception):
 class Frame:
     """One 2D image of a series (all lengths in mm, times in ms)."""
 
-    path: Path
+    instance: InstanceRef
+    """Where the instance it belongs to lies (file or spool log record)."""
     sop_instance_uid: str
     frame_index: int | None
     """0-based frame number inside a multi-frame instance; None for single-frame ones."""
@@ -107,16 +110,16 @@ class PixelLocation:
     options: tuple[tuple[str, Any], ...]
     """Decoder options: the Image Pixel elements, as ``Dataset.pixel_array`` passes them."""
 
-    def decode(self, path: Path) -> NDArray[Any]:
-        """The pixel array of the file at ``path``, exactly as ``dcmread(path).pixel_array``.
+    def decode(self, instance: Path | InstanceRef) -> NDArray[Any]:
+        """The pixel array of ``instance``, exactly as ``dcmread(...).pixel_array``.
 
         Raises:
-            Exception: pydicom's errors on data that does not match its description (for
-                example a file cut short inside the pixel data).
+            Exception: pydicom's errors on data that does not match its description, or
+                EOFError for an instance cut short inside the pixel data.
         """
-        with open(path, "rb") as handle:
-            handle.seek(self.offset)
-            buffer = handle.read(self.length)
+        ref = InstanceRef.of(instance)
+        with open(ref.path, "rb") as handle:
+            buffer = ref.read_range(handle, self.offset, self.length)
         array, _ = get_decoder(self.transfer_syntax_uid).as_array(
             buffer, validate=True, raw=False, decoding_plugin="", **dict(self.options)
         )
@@ -170,7 +173,7 @@ class InstanceRecord:
     """Where the pixel data lies, when it can be decoded without re-parsing the file."""
 
 
-def read_instance(path: Path) -> tuple[InstanceHeader, list[Frame], list[str]]:
+def read_instance(path: Path | InstanceRef) -> tuple[InstanceHeader, list[Frame], list[str]]:
     """Read one spooled file's header: (series attributes, frames, patient identifiers).
 
     The identifiers (PatientName, PatientID, PatientBirthDate, OtherPatientIDs) are
@@ -184,7 +187,7 @@ def read_instance(path: Path) -> tuple[InstanceHeader, list[Frame], list[str]]:
     return record.header, record.frames, record.identifiers
 
 
-def read_instance_record(path: Path) -> InstanceRecord:
+def read_instance_record(path: Path | InstanceRef) -> InstanceRecord:
     """:func:`read_instance`, plus where the pixel data lies (:func:`locate_pixel_data`).
 
     The file is read once into memory and parsed whole, pixel data skipped rather than
@@ -196,7 +199,8 @@ def read_instance_record(path: Path) -> InstanceRecord:
         FrameError: geometry or pixel attributes missing or malformed.
         Exception: pydicom's errors on a file that cannot be parsed any more.
     """
-    data = path.read_bytes()
+    instance = InstanceRef.of(path)
+    data = instance.read_bytes()
     pixels: PixelLocation | None
     try:
         ds = dcmread(io.BytesIO(data), defer_size=_DEFER_SIZE)
@@ -204,20 +208,20 @@ def read_instance_record(path: Path) -> InstanceRecord:
     except Exception:  # e.g. a malformed element after the pixel data
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
         pixels = None
-    return _record(ds, path, pixels)
+    return _record(ds, instance, pixels)
 
 
-def record_from_dataset(ds: Dataset, file_size: int, path: Path) -> InstanceRecord:
+def record_from_dataset(ds: Dataset, file_size: int, path: Path | InstanceRef) -> InstanceRecord:
     """:func:`read_instance_record` from the data set ``inspect_instance`` parsed at receive
     time out of the same bytes that were spooled to ``path`` (no second parse).
 
     Raises:
         FrameError: geometry or pixel attributes missing or malformed.
     """
-    return _record(ds, path, locate_pixel_data(ds, file_size))
+    return _record(ds, InstanceRef.of(path), locate_pixel_data(ds, file_size))
 
 
-def _record(ds: Dataset, path: Path, pixels: PixelLocation | None) -> InstanceRecord:
+def _record(ds: Dataset, path: InstanceRef, pixels: PixelLocation | None) -> InstanceRecord:
     header = InstanceHeader(
         sop_class_uid=str(ds.get("SOPClassUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
@@ -280,7 +284,7 @@ def _optional_int(value: Any) -> int | None:
         return None
 
 
-def _classic_frame(ds: Dataset, path: Path, sop_uid: str) -> Frame:
+def _classic_frame(ds: Dataset, path: InstanceRef, sop_uid: str) -> Frame:
     frames = _optional_int(ds.get("NumberOfFrames")) or 1
     if frames != 1:
         raise FrameError(
@@ -288,7 +292,7 @@ def _classic_frame(ds: Dataset, path: Path, sop_uid: str) -> Frame:
         )
     spacing = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing")
     return Frame(
-        path=path,
+        instance=path,
         sop_instance_uid=sop_uid,
         frame_index=None,
         position=_floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient"),  # type: ignore[arg-type]
@@ -325,7 +329,7 @@ def _lookup(per: Dataset | None, shared: Dataset | None, sequence: str, keyword:
     return None
 
 
-def _enhanced_frames(ds: Dataset, path: Path, sop_uid: str) -> list[Frame]:
+def _enhanced_frames(ds: Dataset, path: InstanceRef, sop_uid: str) -> list[Frame]:
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq else None
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
@@ -354,7 +358,7 @@ def _enhanced_frames(ds: Dataset, path: Path, sop_uid: str) -> list[Frame]:
         )
         frames.append(
             Frame(
-                path=path,
+                instance=path,
                 sop_instance_uid=sop_uid,
                 frame_index=index,
                 position=_floats(  # type: ignore[arg-type]
@@ -395,9 +399,9 @@ class PixelLoader:
     every transfer syntax the SCP accepts decodes here.
     """
 
-    def __init__(self, locations: Mapping[Path, PixelLocation] | None = None) -> None:
-        self._locations: Mapping[Path, PixelLocation] = locations or {}
-        self._path: Path | None = None
+    def __init__(self, locations: Mapping[InstanceRef, PixelLocation] | None = None) -> None:
+        self._locations: Mapping[InstanceRef, PixelLocation] = locations or {}
+        self._instance: InstanceRef | None = None
         self._array: NDArray[Any] | None = None
 
     def frame(self, frame: Frame) -> NDArray[Any]:
@@ -406,21 +410,21 @@ class PixelLoader:
         Raises:
             FrameError: the pixel data cannot be decoded or has the wrong shape.
         """
-        if frame.path != self._path:
+        if frame.instance != self._instance:
             self._array = None
-            location = self._locations.get(frame.path)
+            location = self._locations.get(frame.instance)
             try:
                 if location is not None:
-                    array = location.decode(frame.path)
+                    array = location.decode(frame.instance)
                 else:
-                    array = np.asarray(dcmread(frame.path).pixel_array)
+                    array = np.asarray(dcmread(frame.instance.open()).pixel_array)
             except Exception as error:  # decoders raise many types on corrupt data
                 raise FrameError(
                     "undecodable-pixels",
                     f"cannot decode the pixel data of {frame.sop_instance_uid} "
                     f"({type(error).__name__})",
                 ) from None
-            self._path, self._array = frame.path, array
+            self._instance, self._array = frame.instance, array
         cached = self._array
         if cached is None:
             raise FrameError("undecodable-pixels", f"no pixels decoded for {frame.key}")

@@ -40,6 +40,7 @@ from cmrqc_ingest.assembly import (
     instance_set_digest,
     read_series,
 )
+from cmrqc_ingest.assembly_worker import AssemblyCrashed, AssemblyWorker, AssemblyWorkerError
 from cmrqc_ingest.frames import InstanceRecord, read_instance_record, record_from_dataset
 from cmrqc_ingest.instance import (
     InstanceInfo,
@@ -50,6 +51,7 @@ from cmrqc_ingest.instance import (
     inspect_instance_dataset,
     quiet_value_validation,
 )
+from cmrqc_ingest.instance_ref import InstanceRef
 from cmrqc_ingest.metrics import IngestMetrics
 from cmrqc_ingest.publishing import (
     Publisher,
@@ -61,7 +63,7 @@ from cmrqc_ingest.publishing import (
 )
 from cmrqc_ingest.rules import SeriesSkipped, SkipReason
 from cmrqc_ingest.settings import IngestSettings
-from cmrqc_ingest.spool import Spool, SpooledFile, SpoolFull
+from cmrqc_ingest.spool import PendingWrite, Spool, SpooledFile, SpoolFull
 from cmrqc_ingest.status import StoreStatus
 from cmrqc_ingest.tracker import SeriesSnapshot, SeriesTracker
 from cmrqc_shared.blobs import BlobStore
@@ -79,6 +81,13 @@ _READ_AHEAD_BUDGET_S = 0.003
 _READ_AHEAD_MAX_PARSED = 256
 #: Arrivals that wake the assembler for read-ahead (a wake per instance costs GIL handoffs).
 _READ_AHEAD_BATCH = 8
+#: A series whose assembly killed the assembly process is tried this many more times.
+_CRASH_RETRIES = 1
+
+
+def _log_key(session: str | None) -> str:
+    """The spool log an instance goes to: its session's, or its thread's without one."""
+    return session if session is not None else f"thread-{threading.get_ident()}"
 
 
 @dataclass(frozen=True)
@@ -116,8 +125,12 @@ class IngestPipeline:
         metrics: IngestMetrics | None = None,
         producer: ProducerInfo | None = None,
         clock: Callable[[], float] = time.monotonic,
+        assembly_worker: AssemblyWorker | None = None,
     ) -> None:
+        """``assembly_worker``: assemble in that child process (``assembly_worker``
+        module); None: in the calling thread."""
         self.settings = settings
+        self.assembly_worker = assembly_worker
         self.blobs = blobs
         self.publisher = publisher
         self.metrics = metrics or IngestMetrics()
@@ -149,10 +162,10 @@ class IngestPipeline:
         self.downstream_ok = True
         """False while the blob store or Kafka fails (readiness)."""
         self._last_gc = 0.0
-        self._read_ahead_queue: deque[tuple[Path, Dataset | None, int]] = deque()
-        """Spooled files whose headers the assembler thread reads ahead (thread-safe)."""
-        self._read_ahead: dict[Path, InstanceRecord] = {}
-        """Headers read ahead, by spooled path; used under the assembly lock only."""
+        self._read_ahead_queue: deque[tuple[InstanceRef, Dataset | None, int]] = deque()
+        """Spooled instances whose headers the assembler thread reads ahead (thread-safe)."""
+        self._read_ahead: dict[InstanceRef, InstanceRecord] = {}
+        """Headers read ahead, by spooled instance; used under the assembly lock only."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -170,28 +183,28 @@ class IngestPipeline:
         for _key, files in self.spool.iter_incoming():
             for spooled in files:
                 try:
-                    data = spooled.path.read_bytes()
+                    data = spooled.ref.read_bytes()
                     info = inspect_instance(
                         data,
                         received_at=spooled.received_at,
                         limits=self.limits,
                         transfer_syntaxes=self.transfer_syntaxes,
                     )
-                except (InstanceRejected, OSError) as error:
+                except (InstanceRejected, OSError, EOFError) as error:
                     # Accepted under other settings; keep it for inspection, never delete.
                     logger.warning(
                         "spooled instance no longer valid; quarantined",
-                        extra={"file": spooled.path.name, "error": type(error).__name__},
+                        extra={"file": spooled.ref.name, "error": type(error).__name__},
                     )
                     self.spool.quarantine(
                         spooled.path.parent.name,
-                        [spooled.path],
+                        [spooled.ref],
                         {"reason": "invalid-at-recovery", "error_type": type(error).__name__},
                     )
                     continue
                 existing = self.tracker.add(info, spooled)
-                if existing is not None and existing.path != spooled.path:
-                    self.spool.remove_file(spooled.path)
+                if existing is not None and existing.ref != spooled.ref:
+                    self.spool.remove_file(spooled.ref)
                 recovered += existing is None
         self._update_gauges()
         if recovered:
@@ -287,6 +300,36 @@ class IngestPipeline:
         except SpoolFull as error:
             # 0xA700 refused, out of resources: spool watermark or free disk
             return ReceiveResult(StoreStatus.OUT_OF_RESOURCES, "spool-full", str(error))
+        # durable on a spool thread while this one validates; taken back if refused
+        pending = self.spool.append(_log_key(session), source.value, data)
+        try:
+            result = self._check_and_register(
+                data,
+                pending,
+                source=source,
+                session=session,
+                affected_sop_class_uid=affected_sop_class_uid,
+                affected_sop_instance_uid=affected_sop_instance_uid,
+                study_instance_uid=study_instance_uid,
+            )
+        except BaseException:
+            pending.cancel()
+            raise
+        if result.reason != "stored":
+            pending.cancel()
+        return result
+
+    def _check_and_register(
+        self,
+        data: bytes,
+        pending: PendingWrite,
+        *,
+        source: IngestSource,
+        session: str | None,
+        affected_sop_class_uid: str | None,
+        affected_sop_instance_uid: str | None,
+        study_instance_uid: str | None,
+    ) -> ReceiveResult:
         try:
             info, dataset = inspect_instance_dataset(
                 data,
@@ -320,9 +363,7 @@ class IngestPipeline:
             self.metrics.instances_duplicate.inc()
             return ReceiveResult(StoreStatus.SUCCESS, "duplicate", "", **ids)
         try:
-            spooled = self.spool.write(
-                info.series_instance_uid, info.sop_instance_uid, source.value, data
-            )
+            spooled = pending.result()
         except SpoolFull as error:
             # 0xA700 refused, out of resources: spool watermark or free disk
             return ReceiveResult(StoreStatus.OUT_OF_RESOURCES, "spool-full", str(error), **ids)
@@ -333,16 +374,14 @@ class IngestPipeline:
                 StoreStatus.OUT_OF_RESOURCES, "spool-write-failed", type(error).__name__, **ids
             )
         existing = self.tracker.add(info, spooled, session)
-        if existing is not None:
-            if existing.path != spooled.path:
-                self.spool.remove_file(spooled.path)
+        if existing is not None:  # (the caller takes the new copy back)
             self.metrics.instances_duplicate.inc()
             return ReceiveResult(StoreStatus.SUCCESS, "duplicate", "", **ids)
         if source != IngestSource.BACKFILL:
             # backfill assembles in its own loop, on its own schedule: nothing to read ahead
             # the parsed header goes along while the queue is short (it holds the bytes)
             keep = len(self._read_ahead_queue) < _READ_AHEAD_MAX_PARSED
-            self._read_ahead_queue.append((spooled.path, dataset if keep else None, len(data)))
+            self._read_ahead_queue.append((spooled.ref, dataset if keep else None, len(data)))
             if len(self._read_ahead_queue) >= _READ_AHEAD_BATCH:
                 self.tracker.wakeup.set()  # (a completed series wakes the assembler anyway)
         self.metrics.spool_bytes.set(self.spool.used_bytes)
@@ -370,6 +409,7 @@ class IngestPipeline:
     def close_session(self, session: str, *, released: bool) -> None:
         """A session (association, STOW-RS request, backfill run) ended."""
         self.tracker.close_session(session, released=released)
+        self.spool.end(_log_key(session))
 
     # -- assembling ----------------------------------------------------------------------
 
@@ -402,28 +442,34 @@ class IngestPipeline:
         queue, records = self._read_ahead_queue, self._read_ahead
         deadline = time.perf_counter() + _READ_AHEAD_BUDGET_S
         while queue and time.perf_counter() < deadline:
-            path, dataset, size = queue.popleft()
-            if path in records or len(records) >= _READ_AHEAD_MAX_RECORDS or not path.exists():
+            ref, dataset, size = queue.popleft()
+            if (
+                ref in records
+                or len(records) >= _READ_AHEAD_MAX_RECORDS
+                or not self.spool.contains(ref)
+            ):
                 continue  # (gone: its series was assembled already)
             try:
-                records[path] = (
-                    record_from_dataset(dataset, size, path)
+                records[ref] = (
+                    record_from_dataset(dataset, size, ref)
                     if dataset is not None
-                    else read_instance_record(path)
+                    else read_instance_record(ref)
                 )
             except Exception:  # gone (already assembled) or unreadable: assembly reports it
                 continue
         if queue:
             self.tracker.wakeup.set()
 
-    def _take_read_ahead(self, paths: Iterable[Path]) -> dict[Path, InstanceRecord]:
-        """Remove and return the headers read ahead for ``paths`` (assembly lock held)."""
+    def _take_read_ahead(
+        self, refs: Iterable[InstanceRef]
+    ) -> dict[Path | InstanceRef, InstanceRecord]:
+        """Remove and return the headers read ahead for ``refs`` (assembly lock held)."""
         records = self._read_ahead
-        taken = {}
-        for path in paths:
-            record = records.pop(path, None)
+        taken: dict[Path | InstanceRef, InstanceRecord] = {}
+        for ref in refs:
+            record = records.pop(ref, None)
             if record is not None:
-                taken[path] = record
+                taken[ref] = record
         return taken
 
     def _maybe_collect_garbage(self) -> None:
@@ -447,39 +493,56 @@ class IngestPipeline:
 
     def _assemble(self, snapshot: SeriesSnapshot) -> SeriesOutcome:
         uid = snapshot.series_instance_uid
-        records = self._take_read_ahead(s.path for _, s in snapshot.instances)
-        present = [(i, s) for i, s in snapshot.instances if s.path.exists()]
+        records = self._take_read_ahead(s.ref for _, s in snapshot.instances)
+        present = [(i, s) for i, s in snapshot.instances if self.spool.contains(s.ref)]
         if not present:
             # every file went with an earlier assembly: these were re-sent duplicates
             return SeriesOutcome(uid, "vanished")
-        paths = [s.path for _, s in present]
+        paths: list[Path | InstanceRef] = [s.ref for _, s in present]
         sop_uids = [i.sop_instance_uid for i, _ in present]
         digest = instance_set_digest(sop_uids)
         if set(sop_uids) <= self.spool.completed_instances(uid):
             # every instance was in the set handled last time: a re-send, nothing new
-            self.spool.remove_files(paths)
+            self.spool.remove_files(s.ref for _, s in present)
             self.metrics.series_duplicate.inc()
             logger.info("series re-sent; its instances were already handled")
             return SeriesOutcome(uid, "duplicate")
         try:
-            assembled = assemble_series(
-                paths,
-                min_slices=self.settings.min_slices,
-                publish_all_phases=self.settings.publish_all_phases,
-                records=records,
-            )
+            if self.assembly_worker is not None:
+                assembled = self.assembly_worker.assemble(paths, records=records)
+            else:
+                assembled = assemble_series(
+                    paths,
+                    min_slices=self.settings.min_slices,
+                    publish_all_phases=self.settings.publish_all_phases,
+                    records=records,
+                )
         except SeriesSkipped as skipped:
             self.metrics.series_skipped.labels(skipped.reason.value).inc()
             logger.info(
                 "series skipped",
                 extra={"reason": skipped.reason.value, "detail": skipped.detail},
             )
-            self.spool.remove_files(paths)
+            self.spool.remove_files(s.ref for _, s in present)
             self.spool.mark_completed(uid, sop_uids, digest, f"skipped:{skipped.reason.value}")
             return SeriesOutcome(uid, "skipped", skipped.reason.value)
         except AssemblyError as error:
             return self._dead_letter(
                 snapshot, present, digest, error.reason, type(error), error, records
+            )
+        except AssemblyCrashed as error:
+            if snapshot.attempts < _CRASH_RETRIES:  # it may have been something else
+                return self._retry(snapshot, error, downstream=False)
+            return self._dead_letter(
+                snapshot, present, digest, "assembly-crashed", type(error), error, records
+            )
+        except AssemblyWorkerError as error:  # a bug of ours, in the assembly process
+            logger.error(
+                "unexpected error assembling a series",
+                extra={"error": error.error_type, "traceback": error.remote_traceback},
+            )
+            return self._dead_letter(
+                snapshot, present, digest, "assembly-error", type(error), error, records
             )
         except Exception as error:  # a bug of ours: dead-letter rather than loop forever
             logger.exception("unexpected error assembling a series")
@@ -539,7 +602,7 @@ class IngestPipeline:
         self.metrics.series_assembled.inc()
         for phase in assembled.phases:
             self.metrics.volumes_published.labels(phase.cardiac_phase.value).inc()
-        self.spool.remove_files([s.path for _, s in present])
+        self.spool.remove_files(s.ref for _, s in present)
         self.spool.mark_completed(
             uid, [i.sop_instance_uid for i, _ in present], digest, "published"
         )
@@ -564,12 +627,12 @@ class IngestPipeline:
         reason: str,
         error_type: type[BaseException],
         error: BaseException,
-        records: dict[Path, InstanceRecord] | None = None,
+        records: dict[Path | InstanceRef, InstanceRecord] | None = None,
     ) -> SeriesOutcome:
         uid = snapshot.series_instance_uid
-        paths = [s.path for _, s in present]
+        refs = [s.ref for _, s in present]
         try:
-            _, _, identifiers = read_series(paths, records)
+            _, _, identifiers = read_series(refs, records)
         except AssemblyError:
             identifiers = set()
         if isinstance(error, AssemblyError):
@@ -580,7 +643,7 @@ class IngestPipeline:
         details = {k: scrub(v, identifiers) for k, v in details.items()}
         details.update(
             {
-                "instances": str(len(paths)),
+                "instances": str(len(refs)),
                 "completion": snapshot.reason,
                 "instance_set_sha256": digest,
             }
@@ -601,7 +664,7 @@ class IngestPipeline:
         except Exception as publish_error:  # broker down: keep the series, retry later
             return self._retry(snapshot, publish_error)
         folder = self.spool.quarantine(
-            uid, paths, {"reason": reason, "message": message, "details": details}
+            uid, refs, {"reason": reason, "message": message, "details": details}
         )
         self.spool.mark_completed(
             uid, [i.sop_instance_uid for i, _ in present], digest, f"dead-lettered:{reason}"
@@ -614,11 +677,18 @@ class IngestPipeline:
         )
         return SeriesOutcome(uid, "dead-lettered", reason, [event])
 
-    def _retry(self, snapshot: SeriesSnapshot, error: BaseException) -> SeriesOutcome:
-        self.downstream_ok = False
+    def _retry(
+        self, snapshot: SeriesSnapshot, error: BaseException, *, downstream: bool = True
+    ) -> SeriesOutcome:
+        """Keep the series for another attempt; ``downstream``: the blob store or broker
+        failed (readiness reports it until a series gets through)."""
+        if downstream:
+            self.downstream_ok = False
         self.metrics.assembly_retries.inc()
         logger.error(
-            "blob store or broker failed; series kept for retry",
+            "blob store or broker failed; series kept for retry"
+            if downstream
+            else "assembly failed; series kept for one more attempt",
             extra={
                 "error": type(error).__name__,
                 "attempt": snapshot.attempts + 1,

@@ -25,6 +25,7 @@ from collections import deque
 
 from kafka.admin import KafkaAdminClient
 
+from cmrqc_ingest.assembly_worker import AssemblyWorker
 from cmrqc_ingest.metrics import IngestMetrics
 from cmrqc_ingest.native_scp import DicomNode, make_scp
 from cmrqc_ingest.pipeline import IngestPipeline, SeriesOutcome
@@ -79,6 +80,7 @@ class IngestService:
         self._stow: StowServer | None = None
         self._observability: ObservabilityServer | None = None
         self._assembler: threading.Thread | None = None
+        self._assembly_worker: AssemblyWorker | None = None
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
@@ -145,9 +147,15 @@ class IngestService:
             self._blobs = open_blob_store(
                 settings.blobs.resolved_url(), ttl_seconds=settings.blobs.ttl_seconds
             )
+        if settings.assembly_process and self._assembly_worker is None:
+            self._assembly_worker = AssemblyWorker(
+                min_slices=settings.min_slices, publish_all_phases=settings.publish_all_phases
+            )
+            self._assembly_worker.start()
         self.pipeline = IngestPipeline(
             settings,
             blobs=self._blobs,
+            assembly_worker=self._assembly_worker,
             publisher=self._publisher,
             metrics=self.metrics,
             producer=default_producer(settings.runner.instance_id),
@@ -223,6 +231,9 @@ class IngestService:
             self._observability.stop()
         if self.pipeline is not None:
             self.pipeline.close()
+        if self._assembly_worker is not None:
+            self._assembly_worker.close()
+            self._assembly_worker = None
         self._started = False
         self._stopped.set()
         logger.info("ingest service stopped")

@@ -126,6 +126,12 @@ class IngestSettings(ServiceSettings):
     max_series_instances: int = Field(
         default=10000, ge=1, description="Largest instance count of one series."
     )
+    assembly_process: bool = Field(
+        default=True,
+        description="Assemble series in a child process: pixel decoding does not hold up "
+        "the C-STORE answers of studies still arriving, and a crashing decoder kills the "
+        "child, not the service; false: on the assembler thread.",
+    )
     assembly_retry_s: float = Field(
         default=5.0,
         gt=0,

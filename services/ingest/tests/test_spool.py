@@ -1,0 +1,151 @@
+"""The spool's session logs: durable appends, crash recovery, release, quarantine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cmrqc_ingest.spool import Spool, SpooledFile, uid_key
+
+SESSION = "assoc-1"
+
+
+def _instance(n: int, size: int = 5000) -> bytes:
+    return bytes((n * 7 + i) % 251 for i in range(size))
+
+
+def _write(spool: Spool, n: int, session: str = SESSION) -> SpooledFile:
+    return spool.write(session, "c-store", _instance(n))
+
+
+def _recovered(root: Path) -> tuple[Spool, list[SpooledFile]]:
+    spool = Spool(root)
+    spool.open()
+    return spool, [f for _, files in spool.iter_incoming() for f in files]
+
+
+def test_a_session_appends_to_one_log_and_reads_back_exactly(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        written = [_write(spool, n) for n in range(5)]
+        other = _write(spool, 9, session="assoc-2")
+        assert len({f.path for f in written}) == 1 and other.path != written[0].path
+        assert [f.ref.read_bytes() for f in written] == [_instance(n) for n in range(5)]
+        assert all(spool.contains(f.ref) for f in [*written, other])
+        assert spool.used_bytes > 6 * 5000
+
+
+def test_a_crash_mid_append_loses_only_the_unacknowledged_record(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    written = [_write(spool, n) for n in range(3)]
+    log = written[0].path
+    spool.close()  # the process dies: nothing is removed
+    with open(log, "ab") as handle:  # a record cut short by the crash
+        handle.write(b"CQSP\x02\x07" + b"0" * 20)
+    spool, files = _recovered(tmp_path)
+    assert [f.ref.read_bytes() for f in files] == [_instance(n) for n in range(3)]
+    assert [f.offset for f in files] == [f.offset for f in written]
+    assert [f.source for f in files] == ["c-store"] * 3
+    assert [f.received_at for f in files] == [f.received_at for f in written]
+    # new instances go to a new log; the recovered one is never appended to
+    assert _write(spool, 3).path != log
+    spool.close()
+
+
+def test_a_record_failing_its_crc_is_skipped_and_the_rest_recovered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    written = [_write(spool, n) for n in range(3)]
+    spool.close()
+    with open(written[1].path, "r+b") as handle:  # one bit flips in the middle record
+        handle.seek(written[1].offset + 100)
+        byte = handle.read(1)
+        handle.seek(written[1].offset + 100)
+        handle.write(bytes([byte[0] ^ 1]))
+    spool, files = _recovered(tmp_path)
+    assert [f.ref.read_bytes() for f in files] == [_instance(0), _instance(2)]
+    spool.close()
+
+
+def test_a_log_goes_only_when_every_instance_in_it_is_released(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        first = [_write(spool, n) for n in range(3)]
+        spool.remove_files(f.ref for f in first[:2])
+        assert first[0].path.exists() and spool.contains(first[2].ref)
+        assert not spool.contains(first[0].ref)
+        late = _write(spool, 3)  # arrived while the first three were being assembled
+        assert late.path == first[0].path
+        spool.remove_file(first[2].ref)
+        spool.remove_file(first[2].ref)  # idempotent
+        assert first[0].path.exists() and late.ref.read_bytes() == _instance(3)
+        spool.end(SESSION)  # the association ends; its log stays while it holds instances
+        assert late.ref.read_bytes() == _instance(3)
+        spool.remove_file(late.ref)
+        assert not first[0].path.exists()
+        assert not any((tmp_path / "incoming").iterdir())
+        used = spool.used_bytes
+    assert used == 0
+
+
+def test_a_refused_instance_is_cut_back_off_the_log(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        kept = _write(spool, 0)
+        spool.append(SESSION, "c-store", _instance(1)).cancel()
+        after = _write(spool, 2)
+        header = kept.offset  # the first record starts the log
+        assert after.path == kept.path
+        assert after.offset == kept.offset + kept.size + header  # nothing left between them
+        assert after.path.stat().st_size == after.offset + after.size
+    spool, files = _recovered(tmp_path)
+    assert [f.ref.read_bytes() for f in files] == [_instance(0), _instance(2)]
+    spool.close()
+
+
+def test_a_quarantined_series_is_copied_out_as_replayable_files(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        written = [_write(spool, n) for n in range(2)]
+        folder = spool.quarantine("1.2.3", [f.ref for f in written], {"reason": "test"})
+        assert sorted(p.name for p in folder.iterdir()) == ["00000.dcm", "00001.dcm", "reason.json"]
+        assert (folder / "00001.dcm").read_bytes() == _instance(1)
+        assert not written[0].path.exists()
+
+
+def test_files_spooled_by_the_older_one_file_per_instance_layout_are_recovered(
+    tmp_path: Path,
+) -> None:
+    with Spool(tmp_path):  # creates the layout
+        pass
+    folder = tmp_path / "incoming" / uid_key("1.2.3")
+    folder.mkdir()
+    (folder / f"stow-rs_{uid_key('x')}_0011aabb.dcm").write_bytes(_instance(5))
+    spool, [old] = _recovered(tmp_path)
+    assert old.source == "stow-rs" and old.ref.read_bytes() == _instance(5)
+    spool.remove_file(old.ref)
+    assert not folder.exists()
+    spool.close()
+
+
+def test_a_failed_append_is_cut_back_and_the_log_stays_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    kept = _write(spool, 0)
+    real_writev = os.writev
+
+    def disk_full_after_half(fd: int, buffers: list[memoryview]) -> int:
+        real_writev(fd, [buffers[0][: len(buffers[0]) // 2]])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "writev", disk_full_after_half)
+    with pytest.raises(OSError):
+        _write(spool, 1)
+    monkeypatch.undo()
+    after = _write(spool, 2)
+    spool.close()
+    spool, files = _recovered(tmp_path)
+    assert [f.ref.read_bytes() for f in files] == [_instance(0), _instance(2)]
+    assert files[0].offset == kept.offset and files[1].offset == after.offset
+    spool.close()
