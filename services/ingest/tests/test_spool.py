@@ -89,20 +89,6 @@ def test_a_log_goes_only_when_every_instance_in_it_is_released(tmp_path: Path) -
     assert used == 0
 
 
-def test_a_refused_instance_is_cut_back_off_the_log(tmp_path: Path) -> None:
-    with Spool(tmp_path) as spool:
-        kept = _write(spool, 0)
-        spool.append(SESSION, "c-store", _instance(1)).cancel()
-        after = _write(spool, 2)
-        header = kept.offset  # the first record starts the log
-        assert after.path == kept.path
-        assert after.offset == kept.offset + kept.size + header  # nothing left between them
-        assert after.path.stat().st_size == after.offset + after.size
-    spool, files = _recovered(tmp_path)
-    assert [f.ref.read_bytes() for f in files] == [_instance(0), _instance(2)]
-    spool.close()
-
-
 def test_a_quarantined_series_is_copied_out_as_replayable_files(tmp_path: Path) -> None:
     with Spool(tmp_path) as spool:
         written = [_write(spool, n) for n in range(2)]

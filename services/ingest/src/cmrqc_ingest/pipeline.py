@@ -63,7 +63,7 @@ from cmrqc_ingest.publishing import (
 )
 from cmrqc_ingest.rules import SeriesSkipped, SkipReason
 from cmrqc_ingest.settings import IngestSettings
-from cmrqc_ingest.spool import PendingWrite, Spool, SpooledFile, SpoolFull
+from cmrqc_ingest.spool import Spool, SpooledFile, SpoolFull
 from cmrqc_ingest.status import StoreStatus
 from cmrqc_ingest.tracker import SeriesSnapshot, SeriesTracker
 from cmrqc_shared.blobs import BlobStore
@@ -300,36 +300,6 @@ class IngestPipeline:
         except SpoolFull as error:
             # 0xA700 refused, out of resources: spool watermark or free disk
             return ReceiveResult(StoreStatus.OUT_OF_RESOURCES, "spool-full", str(error))
-        # durable on a spool thread while this one validates; taken back if refused
-        pending = self.spool.append(_log_key(session), source.value, data)
-        try:
-            result = self._check_and_register(
-                data,
-                pending,
-                source=source,
-                session=session,
-                affected_sop_class_uid=affected_sop_class_uid,
-                affected_sop_instance_uid=affected_sop_instance_uid,
-                study_instance_uid=study_instance_uid,
-            )
-        except BaseException:
-            pending.cancel()
-            raise
-        if result.reason != "stored":
-            pending.cancel()
-        return result
-
-    def _check_and_register(
-        self,
-        data: bytes,
-        pending: PendingWrite,
-        *,
-        source: IngestSource,
-        session: str | None,
-        affected_sop_class_uid: str | None,
-        affected_sop_instance_uid: str | None,
-        study_instance_uid: str | None,
-    ) -> ReceiveResult:
         try:
             info, dataset = inspect_instance_dataset(
                 data,
@@ -363,7 +333,7 @@ class IngestPipeline:
             self.metrics.instances_duplicate.inc()
             return ReceiveResult(StoreStatus.SUCCESS, "duplicate", "", **ids)
         try:
-            spooled = pending.result()
+            spooled = self.spool.write(_log_key(session), source.value, data)
         except SpoolFull as error:
             # 0xA700 refused, out of resources: spool watermark or free disk
             return ReceiveResult(StoreStatus.OUT_OF_RESOURCES, "spool-full", str(error), **ids)
@@ -374,7 +344,8 @@ class IngestPipeline:
                 StoreStatus.OUT_OF_RESOURCES, "spool-write-failed", type(error).__name__, **ids
             )
         existing = self.tracker.add(info, spooled, session)
-        if existing is not None:  # (the caller takes the new copy back)
+        if existing is not None:
+            self.spool.remove_file(spooled.ref)
             self.metrics.instances_duplicate.inc()
             return ReceiveResult(StoreStatus.SUCCESS, "duplicate", "", **ids)
         if source != IngestSource.BACKFILL:

@@ -13,10 +13,8 @@ instance is one record (a small header with its length and CRC-32, then exactly 
 bytes the sender sent), appended and ``fdatasync``-ed before the sender gets its answer, so
 an acknowledged instance survives a power cut. Appending to an open file costs far less than
 creating, syncing and renaming a file per instance and syncing its folder (what this spool
-did before; ~2.5x the time), a study goes with one unlink, and since a session's log does
-not depend on what the instance contains, the append and its sync run on a spool thread
-while the receiving thread parses and validates the same bytes (:meth:`Spool.append`); a
-refused instance is cut back off the log. A crash mid-append leaves a partial record at the
+did before; ~2.5x the time), and a study goes with one unlink. Only accepted instances are
+written (the receiving thread validates first). A crash mid-append leaves a partial record at the
 end of the log, which recovery ignores: it was never acknowledged. A log is deleted once none
 of its instances is left (published, skipped or quarantined); instances that arrive while
 their series is being assembled stay in it for the next assembly. A dead-lettered series is
@@ -49,8 +47,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,8 +97,6 @@ _RECORD_MAGIC = b"CQSP"
 _RECORD_VERSION = 2
 #: Lock stripes for the logs (a log key always maps to the same stripe).
 _STRIPES = 64
-#: Threads that append and sync in the background (one per association writing at once).
-_SYNC_THREADS = 16
 
 
 @dataclass
@@ -139,7 +134,6 @@ class Spool:
         self._done = self.root / "done"
         self._lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
-        self._executor = ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="spool-sync")
         self._logs: dict[Path, _Log] = {}
         """Every log (and older-version file) holding instances, by path."""
         self._current: dict[str, _Log] = {}
@@ -175,7 +169,6 @@ class Spool:
 
     def close(self) -> None:
         """Close the logs being appended to and release the directory lock."""
-        self._executor.shutdown(wait=True)
         for log in list(self._current.values()):
             with self._stripe(log.key):
                 self._retire(log)
@@ -231,28 +224,14 @@ class Spool:
 
     # -- instances -----------------------------------------------------------------------
 
-    def append(self, key: str, source: str, data: bytes) -> PendingWrite:
-        """Start storing one instance durably in the log of ``key`` (its session).
-
-        The append and its ``fdatasync`` run on a spool thread, so the caller can validate
-        the instance meanwhile; it answers the sender only after :meth:`PendingWrite.result`
-        returned (or, for an instance it refuses, calls :meth:`PendingWrite.cancel`). One
-        session's appends must not overlap: wait for one before starting the next.
-        """
-        if not self.fsync:
-            return PendingWrite(self, _done(self._append_now, key, source, data))
-        return PendingWrite(self, self._executor.submit(self._append_now, key, source, data))
-
     def write(self, key: str, source: str, data: bytes) -> SpooledFile:
-        """:meth:`append` and wait for it.
+        """Store one instance durably: append it to the log of ``key`` (its session), then
+        ``fdatasync``. One session's writes must not overlap (a session sends serially).
 
         Raises:
             SpoolFull: over a watermark.
             OSError: the disk refused the write (the log is cut back to before it).
         """
-        return self.append(key, source, data).result()
-
-    def _append_now(self, key: str, source: str, data: bytes) -> SpooledFile:
         self.check_capacity(len(data))
         received_at = datetime.now(UTC)
         label = source.encode("utf-8")[:255]
@@ -288,31 +267,6 @@ class Spool:
         return SpooledFile(
             path=log.path, size=len(data), source=source, received_at=received_at, offset=offset
         )
-
-    def cancel(self, spooled: SpooledFile) -> None:
-        """Take back an appended instance that was refused (never acknowledged).
-
-        The log is cut back to before it while it is the log's last record; otherwise it is
-        released like a handled instance (should the process die first, recovery finds it
-        again and checks it like any other).
-        """
-        with self._lock:
-            log = self._logs.get(spooled.path)
-        if log is None:
-            return
-        with self._stripe(log.key):
-            start = spooled.offset - _RECORD.size - len(spooled.source.encode("utf-8")[:255])
-            if log.fd is not None and log.size == spooled.offset + spooled.size:
-                log.live.discard(spooled.offset)
-                with contextlib.suppress(OSError):
-                    os.ftruncate(log.fd, start)
-                    log.size = start
-                    with self._lock:
-                        self._used_bytes -= spooled.offset + spooled.size - start
-                if not log.live:
-                    self._delete_log(log)
-                return
-        self.remove_file(spooled.ref)
 
     def end(self, key: str) -> None:
         """The session ``key`` ended: close its log (deleted now if nothing is left in it)."""
@@ -568,41 +522,6 @@ class Spool:
                         self._used_bytes -= size
                     removed += 1
         return removed
-
-
-class PendingWrite:
-    """An instance being appended and synced (:meth:`Spool.append`)."""
-
-    def __init__(self, spool: Spool, future: Future[SpooledFile]) -> None:
-        self._spool = spool
-        self._future = future
-
-    def result(self) -> SpooledFile:
-        """Wait until the instance is durable.
-
-        Raises:
-            SpoolFull: over a watermark.
-            OSError: the disk refused the write (the log is cut back to before it).
-        """
-        return self._future.result()
-
-    def cancel(self) -> None:
-        """The instance was refused: wait for the write, then take it back."""
-        try:
-            spooled = self._future.result()
-        except Exception:  # it failed and was cut back already
-            return
-        self._spool.cancel(spooled)
-
-
-def _done(function: Callable[..., SpooledFile], *args: Any) -> Future[SpooledFile]:
-    """Run ``function`` now; its result (or exception) as a completed future."""
-    future: Future[SpooledFile] = Future()
-    try:
-        future.set_result(function(*args))
-    except BaseException as error:
-        future.set_exception(error)
-    return future
 
 
 def _write_all(fd: int, *parts: bytes) -> None:
