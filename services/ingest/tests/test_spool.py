@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cmrqc_ingest import spool as spool_module
 from cmrqc_ingest.spool import Spool, SpooledFile, uid_key
 
 SESSION = "assoc-1"
@@ -87,6 +88,19 @@ def test_a_log_goes_only_when_every_instance_in_it_is_released(tmp_path: Path) -
         assert not any((tmp_path / "incoming").iterdir())
         used = spool.used_bytes
     assert used == 0
+
+
+def test_a_long_session_rolls_over_so_that_handled_logs_are_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "MAX_LOG_BYTES", 10_000)  # two 5 KB records per log
+    with Spool(tmp_path) as spool:
+        written = [_write(spool, n) for n in range(5)]
+        logs = sorted({f.path for f in written})
+        assert len(logs) == 3 and [f.path for f in written].count(logs[0]) == 2
+        spool.remove_files(f.ref for f in written[:2])  # the first study was published
+        assert not logs[0].exists() and logs[1].exists()
+        assert [f.ref.read_bytes() for f in written[2:]] == [_instance(n) for n in range(2, 5)]
 
 
 def test_a_quarantined_series_is_copied_out_as_replayable_files(tmp_path: Path) -> None:

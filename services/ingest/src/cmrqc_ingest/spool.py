@@ -95,6 +95,8 @@ class SpooledFile:
 _RECORD = struct.Struct("<4sBBqQI")
 _RECORD_MAGIC = b"CQSP"
 _RECORD_VERSION = 2
+#: A session's log rolls over to a new one beyond this size (disk is freed per log).
+MAX_LOG_BYTES = 256 * 1024 * 1024
 #: Lock stripes for the logs (a log key always maps to the same stripe).
 _STRIPES = 64
 
@@ -248,6 +250,13 @@ class Spool:
         )
         with self._stripe(key):
             log = self._current.get(key)
+            if log is not None and log.size >= MAX_LOG_BYTES:
+                # a long session (a backfill run, an association kept open for hours)
+                # rolls over, so that what it sent early is freed once handled
+                self._retire(log)
+                if not log.live:
+                    self._delete_log(log)
+                log = None
             if log is None:
                 log = self._start_log(key)
             start = log.size
