@@ -31,7 +31,8 @@ def test_infra_up_twice_is_fine_and_reports_the_running_services(
 def test_topics_ensure_creates_every_declared_topic_once(
     infra: dict[str, str], capsys: pytest.CaptureFixture[str], env_clean: pytest.MonkeyPatch
 ) -> None:
-    env_clean.setenv("CMRQC_KAFKA__TOPIC_NAMESPACE", f"ensure-{time.time_ns()}.")
+    # a test- namespace: the session's cleanup deletes it with the other test topics
+    env_clean.setenv("CMRQC_KAFKA__TOPIC_NAMESPACE", f"test-ensure-{time.time_ns()}.")
     assert main(["topics", "ensure"]) == 0
     assert "created 8 topic(s)" in capsys.readouterr().out
     assert main(["topics", "ensure"]) == 0

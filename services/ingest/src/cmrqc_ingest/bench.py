@@ -198,6 +198,28 @@ def _measure(
             receiver.wait(timeout=30)
         except subprocess.TimeoutExpired:
             receiver.kill()
+        if mode != "dcmtk-storescp":
+            _delete_namespace(kafka, namespace)
+
+
+def _delete_namespace(kafka: KafkaSettings, namespace: str) -> None:
+    """Delete the topics the measured service created (best effort): every round uses a
+    fresh namespace, and thousands of leftover partitions exhaust the broker's file
+    descriptors."""
+    from kafka.admin import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(client_id="cmrqc-bench-cleanup", **kafka.client_config())
+    except Exception:  # the broker is unreachable: nothing to clean now
+        return
+    try:
+        names = [name for name in admin.list_topics() if name.startswith(namespace)]
+        if names:
+            admin.delete_topics(names, timeout_ms=30_000)
+    except Exception:  # cleanup must not fail the benchmark
+        pass
+    finally:
+        admin.close()
 
 
 def _collect(
