@@ -326,6 +326,15 @@ def run_ingest_benchmark(
     def rate(mode: str, key: str) -> float:
         return float(summary[mode][key] or 0.0)
 
+    def paired(mode: str) -> dict[str, Any]:
+        """Round by round, ours / storescp measured just before it: machine-wide slow spells
+        (a noisy neighbour) hit both sides of a pair, not one side of a median."""
+        ratios = [
+            ours["received_per_s"] / floor_round["received_per_s"]
+            for ours, floor_round in zip(per_mode[mode], per_mode["dcmtk-storescp"], strict=True)
+        ]
+        return {"per_round": ratios, "median": statistics.median(ratios)}
+
     return {
         "studies": studies,
         "instances": per_mode["dcmtk-storescp"][0]["instances"],
@@ -345,6 +354,9 @@ def run_ingest_benchmark(
             / floor,
             "native_vs_pynetdicom_received": (summary["ingest"]["received_per_s"] or 0)
             / float(summary["ingest-pynetdicom"]["received_per_s"] or float("nan")),
+        },
+        "paired_received_vs_storescp": {
+            mode: paired(mode) for mode in ("ingest", "ingest-no-fsync", "ingest-pynetdicom")
         },
         "note": "ratios: ours / DCMTK storescp (aim >= 0.5); same storescu client, TCP_NODELAY=1",
     }

@@ -176,4 +176,7 @@ def _bench_ingest(args: argparse.Namespace) -> int:
         )
     for name, ratio in report["ratios"].items():
         _say(f"{name}: {ratio:.2f}")
+    for mode, pairs in report["paired_received_vs_storescp"].items():
+        rounds = " ".join(f"{r:.2f}" for r in pairs["per_round"])
+        _say(f"{mode} / storescp, round by round: {rounds} (median {pairs['median']:.2f})")
     return 0
