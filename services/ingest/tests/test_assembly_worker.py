@@ -14,7 +14,7 @@ import pytest
 from ingest_testing import RecordingPublisher, make_settings
 
 from cmrqc_ingest.assembly import assemble_series
-from cmrqc_ingest.assembly_worker import AssemblyWorker
+from cmrqc_ingest.assembly_worker import AssemblyCrashed, AssemblyWorker
 from cmrqc_ingest.pipeline import IngestPipeline, SeriesOutcome
 from cmrqc_ingest.status import StoreStatus
 from cmrqc_shared.blobs import BlobStore
@@ -99,3 +99,22 @@ def test_a_series_that_kills_the_process_twice_is_dead_lettered(  # type: ignore
     assert letter.reason == "assembly-crashed" and not recorder.of_type(VolumeReady)
     quarantined = list((settings.spool_dir / "dead").iterdir())
     assert len(quarantined) == 1 and len(list(quarantined[0].glob("*.dcm"))) == len(paths)
+
+
+def test_a_hung_child_is_killed_after_its_timeout_and_replaced(  # type: ignore[no-untyped-def]
+    make_study,
+) -> None:
+    _, paths = make_study()
+    child = AssemblyWorker(min_slices=3, publish_all_phases=False, timeout_s=1.0)
+    child.start()
+    try:
+        hung = child.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)  # a decoder stuck in a loop, as far as we can tell
+        with pytest.raises(AssemblyCrashed):
+            child.assemble(paths)
+        assert child.restarts == 1 and child.pid is None
+        assert len(child.assemble(paths).phases) == 2  # a fresh child serves the next call
+        assert child.pid not in (None, hung)
+    finally:
+        child.close()

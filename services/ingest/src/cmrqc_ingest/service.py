@@ -149,7 +149,9 @@ class IngestService:
             )
         if settings.assembly_process and self._assembly_worker is None:
             self._assembly_worker = AssemblyWorker(
-                min_slices=settings.min_slices, publish_all_phases=settings.publish_all_phases
+                min_slices=settings.min_slices,
+                publish_all_phases=settings.publish_all_phases,
+                timeout_s=settings.assembly_timeout_s,
             )
             self._assembly_worker.start()
         self.pipeline = IngestPipeline(

@@ -132,6 +132,12 @@ class IngestSettings(ServiceSettings):
         "the C-STORE answers of studies still arriving, and a crashing decoder kills the "
         "child, not the service; false: on the assembler thread.",
     )
+    assembly_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A series the assembly process has not answered after this long kills "
+        "it (a hung decoder); the series is retried once, then dead-lettered, s.",
+    )
     assembly_retry_s: float = Field(
         default=5.0,
         gt=0,
