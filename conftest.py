@@ -28,22 +28,10 @@ def infra() -> dict[str, str]:
 
 
 def _delete_test_topics(bootstrap_servers: str, prefix: str) -> None:
-    """Delete the topics under ``prefix`` (best effort): thousands of leftover test topics
-    make the local broker slow to restart and to answer metadata requests."""
-    from kafka.admin import KafkaAdminClient
+    """Delete the topics under ``prefix`` (best effort)."""
+    from cmrqc_shared.topics import delete_topics_with_prefix
 
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="test-cleanup")
-    except Exception:  # the broker is gone (a test stopped it): nothing to clean
-        return
-    try:
-        names = [name for name in admin.list_topics() if name.startswith(prefix)]
-        if names:
-            admin.delete_topics(names, timeout_ms=30_000)
-    except Exception:  # cleanup must never fail a test
-        pass
-    finally:
-        admin.close()
+    delete_topics_with_prefix(bootstrap_servers, prefix, "test-cleanup")
 
 
 @pytest.fixture(scope="session", autouse=False)

@@ -56,10 +56,10 @@ def test_the_child_assembles_exactly_what_the_thread_would(  # type: ignore[no-u
         assert mine.frame_keys == theirs.frame_keys
 
 
-def test_a_series_is_published_after_the_assembly_process_died(  # type: ignore[no-untyped-def]
-    make_study, tmp_path: Path, blobs: BlobStore, worker: AssemblyWorker
-) -> None:
-    _, paths = make_study()
+def _received(
+    paths: list[Path], tmp_path: Path, blobs: BlobStore, worker: AssemblyWorker
+) -> tuple[IngestPipeline, RecordingPublisher]:
+    """A pipeline assembling in ``worker`` that has received ``paths`` (one study)."""
     recorder = RecordingPublisher()
     settings = make_settings(tmp_path, assembly_retry_s=0.01)
     pipeline = IngestPipeline(settings, blobs=blobs, publisher=recorder, assembly_worker=worker)
@@ -67,6 +67,14 @@ def test_a_series_is_published_after_the_assembly_process_died(  # type: ignore[
     for path in paths:
         result = pipeline.receive(path.read_bytes(), source=IngestSource.C_STORE, session="s")
         assert result.status == StoreStatus.SUCCESS
+    return pipeline, recorder
+
+
+def test_a_series_is_published_after_the_assembly_process_died(  # type: ignore[no-untyped-def]
+    make_study, tmp_path: Path, blobs: BlobStore, worker: AssemblyWorker
+) -> None:
+    _, paths = make_study()
+    pipeline, recorder = _received(paths, tmp_path, blobs, worker)
     restarts = worker.restarts
     _kill_child(worker)
     [first] = pipeline.assemble_ready()
@@ -82,12 +90,7 @@ def test_a_series_that_kills_the_process_twice_is_dead_lettered(  # type: ignore
     make_study, tmp_path: Path, blobs: BlobStore, worker: AssemblyWorker
 ) -> None:
     _, paths = make_study()
-    recorder = RecordingPublisher()
-    settings = make_settings(tmp_path, assembly_retry_s=0.01)
-    pipeline = IngestPipeline(settings, blobs=blobs, publisher=recorder, assembly_worker=worker)
-    pipeline.open()
-    for path in paths:
-        pipeline.receive(path.read_bytes(), source=IngestSource.C_STORE, session="s")
+    pipeline, recorder = _received(paths, tmp_path, blobs, worker)
     _kill_child(worker)
     assert [o.kind for o in pipeline.assemble_ready()] == ["retry"]
     worker.start()  # the fresh child, started now so that it can be killed
@@ -97,7 +100,7 @@ def test_a_series_that_kills_the_process_twice_is_dead_lettered(  # type: ignore
     assert outcome.kind == "dead-lettered" and outcome.reason == "assembly-crashed"
     [letter] = recorder.of_type(DeadLetter)
     assert letter.reason == "assembly-crashed" and not recorder.of_type(VolumeReady)
-    quarantined = list((settings.spool_dir / "dead").iterdir())
+    quarantined = list((pipeline.settings.spool_dir / "dead").iterdir())
     assert len(quarantined) == 1 and len(list(quarantined[0].glob("*.dcm"))) == len(paths)
 
 

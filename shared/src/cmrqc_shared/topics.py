@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -139,5 +140,30 @@ def ensure_namespaced_topics(kafka: KafkaSettings, client_id: str = "cmrqc-admin
             admin,
             [TopicSpec(**{**spec.__dict__, "name": kafka.topic(spec.name)}) for spec in TOPICS],
         )
+    finally:
+        admin.close()
+
+
+def delete_topics_with_prefix(
+    bootstrap_servers: str | list[str], prefix: str, client_id: str = "cmrqc-cleanup", **config: Any
+) -> int:
+    """Delete every topic whose name starts with ``prefix`` (best effort: never raises);
+    returns how many were asked to go.
+
+    Tests and benchmarks give each run a namespace of its own; left behind, their thousands
+    of partitions make a local broker slow to restart and, past its file-descriptor limit,
+    stop it.
+    """
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id, **config)
+    except Exception:  # the broker is unreachable: nothing to clean now
+        return 0
+    try:
+        names = [name for name in admin.list_topics() if name.startswith(prefix)]
+        if names:
+            admin.delete_topics(names, timeout_ms=30_000)
+        return len(names)
+    except Exception:  # cleanup must never fail its caller
+        return 0
     finally:
         admin.close()

@@ -38,6 +38,7 @@ from kafka import KafkaConsumer
 
 from cmrqc_shared.events import VolumeReady
 from cmrqc_shared.settings import KafkaSettings
+from cmrqc_shared.topics import delete_topics_with_prefix
 
 STORESCP = "/usr/bin/storescp"
 STORESCU = "/usr/bin/storescu"
@@ -203,23 +204,11 @@ def _measure(
 
 
 def _delete_namespace(kafka: KafkaSettings, namespace: str) -> None:
-    """Delete the topics the measured service created (best effort): every round uses a
-    fresh namespace, and thousands of leftover partitions exhaust the broker's file
-    descriptors."""
-    from kafka.admin import KafkaAdminClient
-
-    try:
-        admin = KafkaAdminClient(client_id="cmrqc-bench-cleanup", **kafka.client_config())
-    except Exception:  # the broker is unreachable: nothing to clean now
-        return
-    try:
-        names = [name for name in admin.list_topics() if name.startswith(namespace)]
-        if names:
-            admin.delete_topics(names, timeout_ms=30_000)
-    except Exception:  # cleanup must not fail the benchmark
-        pass
-    finally:
-        admin.close()
+    """Delete the topics the measured service created: every round uses a fresh namespace."""
+    config = kafka.client_config()
+    delete_topics_with_prefix(
+        config.pop("bootstrap_servers"), namespace, "cmrqc-bench-cleanup", **config
+    )
 
 
 def _collect(
