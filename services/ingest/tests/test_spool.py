@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -148,4 +149,17 @@ def test_a_failed_append_is_cut_back_and_the_log_stays_readable(
     spool, files = _recovered(tmp_path)
     assert [f.ref.read_bytes() for f in files] == [_instance(0), _instance(2)]
     assert files[0].offset == kept.offset and files[1].offset == after.offset
+    spool.close()
+
+
+def test_concurrent_writes_to_one_log_are_serialized_and_all_recovered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    with ThreadPoolExecutor(4) as pool:
+        written = list(pool.map(lambda n: _write(spool, n), range(40)))
+    assert len({f.path for f in written}) == 1
+    assert all(f.ref.read_bytes() == _instance(n) for n, f in enumerate(written))
+    spool.close()
+    spool, files = _recovered(tmp_path)
+    assert sorted(f.ref.read_bytes() for f in files) == sorted(_instance(n) for n in range(40))
     spool.close()

@@ -228,7 +228,7 @@ class Spool:
 
     def write(self, key: str, source: str, data: bytes) -> SpooledFile:
         """Store one instance durably: append it to the log of ``key`` (its session), then
-        ``fdatasync``. One session's writes must not overlap (a session sends serially).
+        ``fdatasync``. Writes of one session are serialized (its lock stripe).
 
         Raises:
             SpoolFull: over a watermark.
