@@ -107,10 +107,11 @@ def _measure(
     kafka: KafkaSettings,
     work: Path,
     warmup: list[Path] | None = None,
+    run_prefix: str = "bench-ingest-",
 ) -> dict[str, Any]:
     port = _free_port()
     instances = sum(len(files) for files in studies)
-    namespace = f"bench-ingest-{uuid.uuid4().hex[:8]}."
+    namespace = f"{run_prefix}{uuid.uuid4().hex[:8]}."
     consumer = None
     if mode == "dcmtk-storescp":
         received = work / f"storescp-{port}"
@@ -199,15 +200,15 @@ def _measure(
             receiver.wait(timeout=30)
         except subprocess.TimeoutExpired:
             receiver.kill()
-        if mode != "dcmtk-storescp":
-            _delete_namespace(kafka, namespace)
 
 
-def _delete_namespace(kafka: KafkaSettings, namespace: str) -> None:
-    """Delete the topics the measured service created: every round uses a fresh namespace."""
+def _delete_namespaces(kafka: KafkaSettings, prefix: str) -> None:
+    """Delete the topics the measured services created (each measurement has a namespace of
+    its own under ``prefix``). Done once at the end: the broker deletes in the background, so
+    deleting after each measurement would slow the one after it."""
     config = kafka.client_config()
     delete_topics_with_prefix(
-        config.pop("bootstrap_servers"), namespace, "cmrqc-bench-cleanup", **config
+        config.pop("bootstrap_servers"), prefix, "cmrqc-bench-cleanup", **config
     )
 
 
@@ -282,9 +283,15 @@ def run_ingest_benchmark(
         files = make_studies(work / "studies", studies, seed_start)
         warmup = make_studies(work / "warmup", 1, seed_start - 1)[0] if warm else None
         per_mode: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
-        for _ in range(rounds):
-            for mode in MODES:
-                per_mode[mode].append(_measure(mode, files, kafka, work, warmup))
+        run_prefix = f"bench-ingest-{uuid.uuid4().hex[:8]}-"
+        try:
+            for _ in range(rounds):
+                for mode in MODES:
+                    per_mode[mode].append(
+                        _measure(mode, files, kafka, work, warmup, run_prefix=run_prefix)
+                    )
+        finally:
+            _delete_namespaces(kafka, run_prefix)
 
     def median(mode: str, *keys: str) -> float | None:
         values = []
