@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cmrqc_ingest import spool as spool_module
+from cmrqc_ingest.instance_ref import InstanceRef
 from cmrqc_ingest.spool import Spool, SpooledFile, uid_key
 
 SESSION = "assoc-1"
@@ -71,24 +72,41 @@ def test_a_record_failing_its_crc_is_skipped_and_the_rest_recovered(tmp_path: Pa
     spool.close()
 
 
-def test_a_log_goes_only_when_every_instance_in_it_is_released(tmp_path: Path) -> None:
+def test_a_log_is_released_only_when_every_instance_in_it_is_and_is_then_reused(
+    tmp_path: Path,
+) -> None:
     with Spool(tmp_path) as spool:
         first = [_write(spool, n) for n in range(3)]
         spool.remove_files(f.ref for f in first[:2])
-        assert first[0].path.exists() and spool.contains(first[2].ref)
-        assert not spool.contains(first[0].ref)
+        assert spool.contains(first[2].ref) and not spool.contains(first[0].ref)
         late = _write(spool, 3)  # arrived while the first three were being assembled
         assert late.path == first[0].path
         spool.remove_file(first[2].ref)
         spool.remove_file(first[2].ref)  # idempotent
-        assert first[0].path.exists() and late.ref.read_bytes() == _instance(3)
+        assert late.ref.read_bytes() == _instance(3)
         spool.end(SESSION)  # the association ends; its log stays while it holds instances
         assert late.ref.read_bytes() == _instance(3)
         spool.remove_file(late.ref)
-        assert not first[0].path.exists()
-        assert not any((tmp_path / "incoming").iterdir())
-        used = spool.used_bytes
-    assert used == 0
+        assert not spool.contains(late.ref) and spool.used_bytes == 0  # (pooled for reuse)
+        size = first[0].path.stat().st_size
+        reused = _write(spool, 7, session="assoc-2")  # the next session reuses the file
+        assert not first[0].path.exists() and reused.path.stat().st_size == size
+        assert [p.name for p in (tmp_path / "incoming").iterdir()] == [reused.path.name]
+        assert reused.ref.read_bytes() == _instance(7)
+        assert not spool.contains(InstanceRef(first[0].path, reused.offset, reused.size))
+
+
+def test_a_reused_log_recovers_only_its_new_records(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.open()
+    old = [_write(spool, n, session="a") for n in range(4)]
+    spool.remove_files(f.ref for f in old)
+    new = _write(spool, 9, session="b")  # over the first old record; three stale ones follow
+    spool.close()
+    spool, files = _recovered(tmp_path)
+    assert [f.ref.read_bytes() for f in files] == [_instance(9)]
+    assert files[0].path == new.path and files[0].offset == new.offset
+    spool.close()
 
 
 def test_a_long_session_rolls_over_so_that_handled_logs_are_freed(
@@ -99,8 +117,10 @@ def test_a_long_session_rolls_over_so_that_handled_logs_are_freed(
         written = [_write(spool, n) for n in range(5)]
         logs = sorted({f.path for f in written})
         assert len(logs) == 3 and [f.path for f in written].count(logs[0]) == 2
+        used = spool.used_bytes
         spool.remove_files(f.ref for f in written[:2])  # the first study was published
-        assert not logs[0].exists() and logs[1].exists()
+        assert spool.used_bytes < used  # its log was released; the others hold on
+        assert not spool.contains(written[0].ref) and spool.contains(written[2].ref)
         assert [f.ref.read_bytes() for f in written[2:]] == [_instance(n) for n in range(2, 5)]
 
 
@@ -110,7 +130,7 @@ def test_a_quarantined_series_is_copied_out_as_replayable_files(tmp_path: Path) 
         folder = spool.quarantine("1.2.3", [f.ref for f in written], {"reason": "test"})
         assert sorted(p.name for p in folder.iterdir()) == ["00000.dcm", "00001.dcm", "reason.json"]
         assert (folder / "00001.dcm").read_bytes() == _instance(1)
-        assert not written[0].path.exists()
+        assert not any(spool.contains(f.ref) for f in written)
 
 
 def test_files_spooled_by_the_older_one_file_per_instance_layout_are_recovered(
@@ -128,19 +148,19 @@ def test_files_spooled_by_the_older_one_file_per_instance_layout_are_recovered(
     spool.close()
 
 
-def test_a_failed_append_is_cut_back_and_the_log_stays_readable(
+def test_a_failed_write_ends_its_log_and_nothing_acknowledged_is_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = Spool(tmp_path)
     spool.open()
     kept = _write(spool, 0)
-    real_writev = os.writev
+    real_pwritev = os.pwritev
 
-    def disk_full_after_half(fd: int, buffers: list[memoryview]) -> int:
-        real_writev(fd, [buffers[0][: len(buffers[0]) // 2]])
+    def disk_full_after_half(fd: int, buffers: list[memoryview], offset: int) -> int:
+        real_pwritev(fd, [buffers[0][: len(buffers[0]) // 2]], offset)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "writev", disk_full_after_half)
+    monkeypatch.setattr(os, "pwritev", disk_full_after_half)
     with pytest.raises(OSError):
         _write(spool, 1)
     monkeypatch.undo()
