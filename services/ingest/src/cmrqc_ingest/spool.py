@@ -15,7 +15,7 @@ an acknowledged instance survives a power cut. Appending to an open file costs f
 creating, syncing and renaming a file per instance and syncing its folder (what this spool
 did before; ~2.5x the time), and a study goes with one unlink. Only accepted instances are
 written (the receiving thread validates first). A crash mid-append leaves a partial record at the
-end of the log, which recovery ignores: it was never acknowledged. A log is deleted once none
+end of the log, which recovery ignores: it was never acknowledged. A log is released once none
 of its instances is left (published, skipped or quarantined): a few released logs are kept
 and reused by the next sessions, under a new name and a higher generation number in their
 header and records, because writing inside a file's existing size leaves the sync no
