@@ -37,6 +37,7 @@ from typing import Any
 from kafka import KafkaConsumer
 
 from cmrqc_shared.events import VolumeReady
+from cmrqc_shared.processes import free_port
 from cmrqc_shared.settings import KafkaSettings
 from cmrqc_shared.topics import delete_topics_with_prefix
 
@@ -44,12 +45,6 @@ STORESCP = "/usr/bin/storescp"
 STORESCU = "/usr/bin/storescu"
 MODES = ("dcmtk-storescp", "ingest", "ingest-no-fsync", "ingest-pynetdicom")
 _NODELAY = {"TCP_NODELAY": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, timeout_s: float = 60.0) -> None:
@@ -109,7 +104,7 @@ def _measure(
     warmup: list[Path] | None = None,
     run_prefix: str = "bench-ingest-",
 ) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     instances = sum(len(files) for files in studies)
     namespace = f"{run_prefix}{uuid.uuid4().hex[:8]}."
     consumer = None

@@ -12,7 +12,7 @@ from typing import BinaryIO
 class InstanceRef:
     """``size`` bytes at ``offset`` of the file ``path``; ``size`` None: the whole file.
 
-    The spool appends the instances of a series to one log file (``spool`` module), so an
+    The spool writes the instances of a session to one log file (``spool`` module), so an
     instance is a byte range, not a file; a file on disk (backfill, tests) is the range
     from 0 to its end. Offsets read from the instance's own bytes (its pixel data, say)
     are relative to ``offset``.

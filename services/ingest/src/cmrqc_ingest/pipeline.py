@@ -197,7 +197,7 @@ class IngestPipeline:
                         extra={"file": spooled.ref.name, "error": type(error).__name__},
                     )
                     self.spool.quarantine(
-                        spooled.path.parent.name,
+                        spooled.path.name,  # (its series is unknown: the log names it)
                         [spooled.ref],
                         {"reason": "invalid-at-recovery", "error_type": type(error).__name__},
                     )

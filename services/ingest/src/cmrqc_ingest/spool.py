@@ -120,15 +120,13 @@ class _Log:
     """The session (association, STOW-RS request, backfill run) appending to it."""
     size: int
     live: set[int] = field(default_factory=set)
-    """Data offsets of the records not removed yet; the file goes when none is left."""
+    """Data offsets of the records not removed yet; the log is released when none is left."""
     fd: int | None = None
     """Open for writing while it is its session's current log."""
     generation: int = 0
     """Its header's generation; records of another one are stale (the file was reused)."""
     capacity: int = 0
     """The file's size on disk (a reused file is larger than what was written so far)."""
-    reusable: bool = False
-    """A log of this version (not a .dcm file of the older layout)."""
 
 
 class Spool:
@@ -155,9 +153,9 @@ class Spool:
         self._logs: dict[Path, _Log] = {}
         """Every log (and older-version file) holding instances, by path."""
         self._current: dict[str, _Log] = {}
+        """The log each session appends to, by session key (changed under its stripe)."""
         self._pool: list[tuple[Path, int, int]] = []
         """Released logs for reuse: (path, size on disk, generation)."""
-        """The log each session appends to, by session key (changed under its stripe)."""
         self._used_bytes = 0
         self._free_bytes = 0
         self._free_checked = 0.0
@@ -250,7 +248,8 @@ class Spool:
 
         Raises:
             SpoolFull: over a watermark.
-            OSError: the disk refused the write (the log is cut back to before it).
+            OSError: the disk refused the write (its log ends before it; the session goes
+                on in a new one).
         """
         self.check_capacity(len(data))
         received_at = datetime.now(UTC)
@@ -261,9 +260,7 @@ class Spool:
             if log is not None and log.size >= MAX_LOG_BYTES:
                 # a long session (a backfill run, an association kept open for hours)
                 # rolls over, so that what it sent early is freed once handled
-                self._retire(log)
-                if not log.live:
-                    self._delete_log(log)
+                self._close_log(log)
                 log = None
             if log is None:
                 log = self._start_log(key)
@@ -287,9 +284,7 @@ class Spool:
                     os.fdatasync(log.fd)
             except BaseException:
                 # a torn record ends the log for recovery: write no more after it
-                self._retire(log)
-                if not log.live:
-                    self._delete_log(log)
+                self._close_log(log)
                 raise
             offset = start + len(head)
             log.size = offset + len(data)
@@ -303,14 +298,17 @@ class Spool:
         )
 
     def end(self, key: str) -> None:
-        """The session ``key`` ended: close its log (deleted now if nothing is left in it)."""
+        """The session ``key`` ended: close its log (released now if nothing is left in it)."""
         with self._stripe(key):
             log = self._current.get(key)
-            if log is None:
-                return
-            self._retire(log)
-            if not log.live:
-                self._delete_log(log)
+            if log is not None:
+                self._close_log(log)
+
+    def _close_log(self, log: _Log) -> None:
+        """No more writes to ``log`` (its stripe held); released at once if it holds nothing."""
+        self._retire(log)
+        if not log.live:
+            self._delete_log(log)
 
     def _stripe(self, key: str) -> threading.Lock:
         return self._stripes[zlib.crc32(key.encode("utf-8")) % _STRIPES]
@@ -351,7 +349,6 @@ class Spool:
             fd=fd,
             generation=generation,
             capacity=capacity + grown,
-            reusable=True,
         )
         with self._lock:
             self._logs[path] = log
@@ -375,7 +372,7 @@ class Spool:
         with self._lock:
             self._logs.pop(log.path, None)
             if (
-                log.reusable
+                log.path.suffix == ".log"  # (not a .dcm file of the older layout)
                 and log.capacity <= _POOL_MAX_BYTES
                 and len(self._pool) < _POOL_LOGS
                 and log.path.exists()
@@ -467,7 +464,6 @@ class Spool:
                 size=_LOG_HEADER.size,
                 generation=generation,
                 capacity=file_size,
-                reusable=True,
             )
             while True:
                 head = handle.read(_RECORD.size)
