@@ -4,6 +4,9 @@ folder on sys.path): small studies, settings on free ports, a recording publishe
 
 from __future__ import annotations
 
+import io
+import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,3 +86,73 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+_VR_CODES = [b"SQ", b"OB", b"UN", b"FD", b"US", b"UL", b"DS", b"AT", b"LO", b"OW"]
+_VR_AT = re.compile(rb"(?<=[\x00-\xff]{4})(US|UL|DS|IS|CS|LO|SH|UI|DA|TM|PN|FD)")
+
+
+def split_meta(data: bytes) -> int:
+    """Offset of the data set after the preamble and file meta group."""
+    buffer = io.BytesIO(data)
+    dcmread(buffer, stop_before_pixels=True, specific_tags=[0x00020010])
+    # group length (0002,0000) is the first meta element: value at bytes 140..144
+    group_length = int.from_bytes(data[140:144], "little")
+    return 144 + group_length
+
+
+def mutate_body(data: bytes, rng: random.Random) -> bytes:
+    """One random mutation of the data set bytes after the file meta (the fuzz test's)."""
+    start = split_meta(data)
+    meta, body = data[:start], bytearray(data[start:])
+    kind = rng.randrange(6)
+    if kind == 0:  # truncation anywhere in the data set
+        body = body[: rng.randrange(len(body))]
+    elif kind == 1:  # random bytes corrupted in the header region
+        for _ in range(rng.randint(1, 20)):
+            body[rng.randrange(min(len(body), 2000))] = rng.randrange(256)
+    elif kind == 2:  # a corrupted tag (group/element numbers)
+        positions = [m.start() - 4 for m in _VR_AT.finditer(bytes(body[:3000]))]
+        for pos in rng.sample(positions, k=min(3, len(positions))):
+            body[pos : pos + 4] = rng.randbytes(4)
+    elif kind == 3:  # wrong VR codes
+        positions = [m.start() for m in _VR_AT.finditer(bytes(body[:3000]))]
+        for pos in rng.sample(positions, k=min(4, len(positions))):
+            body[pos : pos + 2] = rng.choice(_VR_CODES)
+    elif kind == 4:  # garbage inserted
+        pos = rng.randrange(len(body))
+        body[pos:pos] = rng.randbytes(rng.randint(1, 500))
+    else:  # length fields blown up
+        positions = [m.start() + 2 for m in _VR_AT.finditer(bytes(body[:3000]))]
+        for pos in rng.sample(positions, k=min(2, len(positions))):
+            body[pos : pos + 2] = b"\xff\xff"
+    return meta + bytes(body)
+
+
+def pydicom_mutant(path: Path, rng: random.Random) -> bytes:
+    ds = dcmread(path)
+    kind = rng.randrange(4)
+    if kind == 0:
+        ds.Rows = rng.choice([0, 1, 4097, 65535])
+    elif kind == 1:
+        ds.NumberOfFrames = rng.choice([0, 99999, -1])
+    elif kind == 2:
+        ds.BitsAllocated = rng.choice([1, 12, 32, 64])
+    else:
+        for keyword in rng.sample(
+            ["ImagePositionPatient", "PixelSpacing", "StudyInstanceUID", "PixelData", "Rows"], 2
+        ):
+            if keyword in ds:
+                delattr(ds, keyword)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def with_new_sop_uid(path: Path, index: int) -> bytes:
+    ds = dcmread(path)
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["fuzz", str(index)])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -32,6 +32,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from cmrqc_ingest.fast_header import FastHeader, read_fast_header
 from cmrqc_ingest.instance_ref import InstanceRef
 
 #: Transfer syntaxes whose pixel data is a plain byte run in the file (PixelLocation).
@@ -201,6 +202,9 @@ def read_instance_record(path: Path | InstanceRef) -> InstanceRecord:
     """
     instance = InstanceRef.of(path)
     data = instance.read_bytes()
+    fast = read_fast_header(data)
+    if fast is not None:
+        return _record(fast, instance, _locate_fast_pixel_data(fast, len(data)))
     pixels: PixelLocation | None
     try:
         ds = dcmread(io.BytesIO(data), defer_size=_DEFER_SIZE)
@@ -211,17 +215,38 @@ def read_instance_record(path: Path | InstanceRef) -> InstanceRecord:
     return _record(ds, instance, pixels)
 
 
-def record_from_dataset(ds: Dataset, file_size: int, path: Path | InstanceRef) -> InstanceRecord:
-    """:func:`read_instance_record` from the data set ``inspect_instance`` parsed at receive
+def record_from_dataset(
+    ds: Dataset | FastHeader, file_size: int, path: Path | InstanceRef
+) -> InstanceRecord:
+    """:func:`read_instance_record` from the header ``inspect_instance`` parsed at receive
     time out of the same bytes that were spooled to ``path`` (no second parse).
 
     Raises:
         FrameError: geometry or pixel attributes missing or malformed.
     """
+    if isinstance(ds, FastHeader):
+        return _record(ds, InstanceRef.of(path), _locate_fast_pixel_data(ds, file_size))
     return _record(ds, InstanceRef.of(path), locate_pixel_data(ds, file_size))
 
 
-def _record(ds: Dataset, path: InstanceRef, pixels: PixelLocation | None) -> InstanceRecord:
+def _locate_fast_pixel_data(header: FastHeader, file_size: int) -> PixelLocation | None:
+    """:func:`locate_pixel_data` for a header read by the fast reader."""
+    offset, length = header.pixel_offset, header.pixel_length
+    if offset is None or length is None or offset + length > file_size:
+        return None
+    options = header.pixel_options()
+    options["pixel_keyword"] = "PixelData"
+    return PixelLocation(
+        offset=offset,
+        length=length,
+        transfer_syntax_uid=header.transfer_syntax,
+        options=tuple(sorted(options.items())),
+    )
+
+
+def _record(
+    ds: Dataset | FastHeader, path: InstanceRef, pixels: PixelLocation | None
+) -> InstanceRecord:
     header = InstanceHeader(
         sop_class_uid=str(ds.get("SOPClassUID", "")),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
@@ -241,6 +266,8 @@ def _record(ds: Dataset, path: InstanceRef, pixels: PixelLocation | None) -> Ins
         if v not in (None, "")
     ]
     if header.sop_class_uid == EnhancedMRImageStorage:
+        if not isinstance(ds, Dataset):
+            raise TypeError("Enhanced MR headers are read by pydicom")
         frames = _enhanced_frames(ds, path, header.sop_instance_uid)
     else:
         frames = [_classic_frame(ds, path, header.sop_instance_uid)]
@@ -284,7 +311,7 @@ def _optional_int(value: Any) -> int | None:
         return None
 
 
-def _classic_frame(ds: Dataset, path: InstanceRef, sop_uid: str) -> Frame:
+def _classic_frame(ds: Dataset | FastHeader, path: InstanceRef, sop_uid: str) -> Frame:
     frames = _optional_int(ds.get("NumberOfFrames")) or 1
     if frames != 1:
         raise FrameError(
@@ -298,8 +325,8 @@ def _classic_frame(ds: Dataset, path: InstanceRef, sop_uid: str) -> Frame:
         position=_floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient"),  # type: ignore[arg-type]
         orientation=_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient"),  # type: ignore[arg-type]
         pixel_spacing=(spacing[0], spacing[1]),
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
+        rows=int(ds.get("Rows")),
+        columns=int(ds.get("Columns")),
         slice_thickness=_optional_float(ds.get("SliceThickness")),
         trigger_time_ms=_optional_float(ds.get("TriggerTime")),
         temporal_index=_optional_int(ds.get("TemporalPositionIdentifier")),
