@@ -164,7 +164,7 @@ def read_fast_header(data: bytes | bytearray | memoryview) -> FastHeader | None:
 
 
 def _read(data: memoryview) -> FastHeader:
-    if len(data) < 132 or data[128:132] != b"DICM":
+    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         raise _GiveUp
     position, meta = _walk(data, 132, len(data), explicit=True, depth=0, meta_only=True)
     if position == len(data):

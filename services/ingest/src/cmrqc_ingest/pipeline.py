@@ -41,6 +41,7 @@ from cmrqc_ingest.assembly import (
     read_series,
 )
 from cmrqc_ingest.assembly_worker import AssemblyCrashed, AssemblyWorker, AssemblyWorkerError
+from cmrqc_ingest.fast_header import FastHeader
 from cmrqc_ingest.frames import InstanceRecord, read_instance_record, record_from_dataset
 from cmrqc_ingest.instance import (
     InstanceInfo,
@@ -162,7 +163,9 @@ class IngestPipeline:
         self.downstream_ok = True
         """False while the blob store or Kafka fails (readiness)."""
         self._last_gc = 0.0
-        self._read_ahead_queue: deque[tuple[InstanceRef, Dataset | None, int]] = deque()
+        self._read_ahead_queue: deque[tuple[InstanceRef, Dataset | FastHeader | None, int]] = (
+            deque()
+        )
         """Spooled instances whose headers the assembler thread reads ahead (thread-safe)."""
         self._read_ahead: dict[InstanceRef, InstanceRecord] = {}
         """Headers read ahead, by spooled instance; used under the assembly lock only."""
@@ -350,8 +353,12 @@ class IngestPipeline:
             return ReceiveResult(StoreStatus.SUCCESS, "duplicate", "", **ids)
         if source != IngestSource.BACKFILL:
             # backfill assembles in its own loop, on its own schedule: nothing to read ahead
-            # the parsed header goes along while the queue is short (it holds the bytes)
-            keep = len(self._read_ahead_queue) < _READ_AHEAD_MAX_PARSED
+            # the parsed header goes along: a fast one always (a few values), pydicom's
+            # while the queue is short (it holds the bytes)
+            keep = (
+                isinstance(dataset, FastHeader)
+                or len(self._read_ahead_queue) < _READ_AHEAD_MAX_PARSED
+            )
             self._read_ahead_queue.append((spooled.ref, dataset if keep else None, len(data)))
             if len(self._read_ahead_queue) >= _READ_AHEAD_BATCH:
                 self.tracker.wakeup.set()  # (a completed series wakes the assembler anyway)
