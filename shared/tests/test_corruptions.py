@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cmrqc_shared.metrics import dice_per_class
-from cmrqc_shared.qcdata.corruptions import CORRUPTIONS, random_corruption
+from cmrqc_shared.qcdata.corruptions import CORRUPTIONS, flood, random_corruption
 from cmrqc_shared.synth import SynthConfig, render_study
 
 
@@ -47,3 +47,19 @@ def test_random_corruption_is_deterministic_per_seed_and_spans_the_dice_range(
         for s in range(40)
     ]
     assert min(wh) < 0.5 and max(wh) > 0.85
+
+
+def test_flood_gives_one_class_to_a_large_intensity_band_and_ruins_the_background_dice() -> None:
+    phase = render_study(11_000, SynthConfig.clean_config(), phases=("ED",)).phase("ED")
+    labels, image = phase.labels, phase.image.astype(np.float32)
+    before = labels.copy()
+    mild, mild_params = flood(labels, np.random.default_rng(3), 0.0, image)
+    severe, severe_params = flood(labels, np.random.default_rng(3), 1.0, image)
+    assert np.array_equal(labels, before), "the input must not change"
+    for out, params in ((mild, mild_params), (severe, severe_params)):
+        flooded = float((out == params["class"]).mean())
+        assert flooded >= params["coverage"] - 0.01, "the whole band takes the class"
+    assert severe_params["coverage"] == pytest.approx(0.6)
+    assert dice_per_class(severe, labels).BG < 0.8  # background Dice far from 1: the point
+    again, again_params = flood(labels, np.random.default_rng(3), 1.0, image)
+    assert np.array_equal(again, severe) and again_params == severe_params

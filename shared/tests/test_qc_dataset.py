@@ -19,6 +19,7 @@ from cmrqc_shared.qcdata.dataset import (
     split_of_seed,
     write_histogram_png,
 )
+from cmrqc_shared.qcdata.flood_dataset import write_flood_dataset
 from cmrqc_shared.synth import render_study
 
 
@@ -87,3 +88,47 @@ def test_the_classical_segmenter_finds_the_heart_but_is_clearly_imperfect() -> N
         assert labels.shape == phase.labels.shape and set(np.unique(labels)) <= {0, 1, 2, 3}
         scores.append(dice_per_class(labels, phase.labels).WH)
     assert 0.4 < float(np.mean(scores)) < 0.95
+
+
+def test_the_flood_dataset_links_the_scans_and_floods_the_truth_of_the_asked_splits(
+    tmp_path: Path,
+) -> None:
+    source, out = tmp_path / "source", tmp_path / "flood"
+    writer = QcDatasetWriter(source)
+    rng = np.random.default_rng(0)
+    for scan_id, seed, split in (("train-ED", 20_000, "train"), ("test-ED", 29_999, "test")):
+        image = rng.random((3, 16, 16)).astype(np.float32)
+        reference = np.zeros((3, 16, 16), np.uint8)
+        reference[:, 4:9, 4:9] = 1
+        writer.write_scan(scan_id, image, reference, (1.5, 1.5), 8.0, np.eye(4))
+        sample = QcSample(
+            f"{scan_id}-00",
+            scan_id,
+            seed,
+            "ED",
+            split,
+            "classical",
+            "m",
+            dice_per_class(reference, reference).model_dump(),
+        )
+        writer.write_sample(sample, reference)
+        writer.finish_scan(scan_id)
+
+    assert write_flood_dataset(source, out, per_scan=3, progress=False) == 3
+    flooded = QcDataset(out)
+    assert {s.scan_id for s in flooded.samples} == {"train-ED"}, "train and val only"
+    assert (out / "scans" / "train-ED.npz").samefile(source / "scans" / "train-ED.npz")
+    truth = flooded.scan("train-ED").reference
+    for sample in flooded.samples:
+        assert (sample.family, sample.member, sample.split) == (
+            "corruption",
+            "truth:flood",
+            "train",
+        )
+        recomputed = dice_per_class(flooded.segmentation(sample), truth).model_dump()
+        assert sample.true_dsc == pytest.approx(recomputed)
+    first = [s.true_dsc for s in flooded.samples]
+    assert write_flood_dataset(source, out, per_scan=3, progress=False) == 3, "resumed: no more"
+    assert [s.true_dsc for s in QcDataset(out).samples] == first
+    with pytest.raises(ValueError, match="its own folder"):
+        write_flood_dataset(source, source, progress=False)

@@ -10,6 +10,8 @@
   control, the same cases with the truth), then tested against the true Dice;
 * ``cmrqc bench qc [--json]`` — paper vs fast per-case latency, batch 1 and batched;
 * ``cmrqc make-qc-dev-dataset --out PATH`` — the small development dataset (``devdata``);
+* ``cmrqc make-qc-flood-dataset --source PATH --out PATH`` — a companion dataset of flooded
+  segmentations of the same scans (``cmrqc_shared.qcdata.flood_dataset``);
 * ``cmrqc publish qc-model --artifact A --version V`` — put an artifact in the blob store and
   announce it on cmrqc.models.v1 (hot-swap).
 
@@ -132,6 +134,17 @@ def register(subparsers: SubParsers) -> None:
     dev.add_argument("--val-subjects", type=int, default=50)
     dev.add_argument("--test-subjects", type=int, default=50)
     dev.set_defaults(handler=_make_dev_dataset)
+
+    flood = subparsers.add_parser(
+        "make-qc-flood-dataset",
+        help="companion QC dataset of flooded segmentations (same scans, hard-linked)",
+    )
+    flood.add_argument("--source", type=Path, required=True, help="a QC dataset folder")
+    flood.add_argument("--out", type=Path, required=True)
+    flood.add_argument("--split", action="append", default=None, help="default: train, val")
+    flood.add_argument("--per-scan", type=int, default=2)
+    flood.add_argument("--seed", type=int, default=0)
+    flood.set_defaults(handler=_make_flood_dataset)
 
     publish = verb_subparsers(subparsers, "publish", "announce artifacts").add_parser(
         "qc-model", help="store a QC model artifact and announce it on cmrqc.models.v1"
@@ -297,6 +310,20 @@ def _make_dev_dataset(args: argparse.Namespace) -> int:
     )
     written = write_dev_dataset(args.out, plan)
     _emit(f"wrote {written} samples to {args.out}")
+    return 0
+
+
+def _make_flood_dataset(args: argparse.Namespace) -> int:
+    from cmrqc_shared.qcdata.flood_dataset import write_flood_dataset
+
+    written = write_flood_dataset(
+        args.source,
+        args.out,
+        splits=tuple(args.split or ("train", "val")),
+        per_scan=args.per_scan,
+        seed=args.seed,
+    )
+    _emit(f"{args.out} holds {written} flood samples")
     return 0
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import logging
 import os
@@ -59,7 +60,8 @@ class QcDatasets:
     same QC seed ranges (a subject is in the same split in each).
 
     Raises:
-        ValueError: no dataset, or a sample or scan id present in two datasets.
+        ValueError: no dataset, a sample id present in two datasets, or a scan id present in
+            two datasets with different scan files.
         FileNotFoundError: a path holds no dataset.
     """
 
@@ -76,7 +78,9 @@ class QcDatasets:
                 if sample.sample_id in self._part_of_sample:
                     raise ValueError(f"sample {sample.sample_id} is in two datasets")
                 owner = self._part_of_scan.setdefault(sample.scan_id, index)
-                if owner != index:
+                if owner != index and not _same_scan_file(
+                    self.roots[owner], self.roots[index], sample.scan_id
+                ):
                     raise ValueError(f"scan {sample.scan_id} is in two datasets")
                 self._part_of_sample[sample.sample_id] = index
                 self.samples.append(sample)
@@ -105,6 +109,16 @@ class QcDatasets:
 
     def segmentation(self, sample: QcSample) -> NDArray[np.uint8]:
         return self.parts[self._part_of_sample[sample.sample_id]].segmentation(sample)
+
+
+def _same_scan_file(first: Path, second: Path, scan_id: str) -> bool:
+    """Whether two datasets hold the very same scan file (a companion dataset's hard link,
+    as ``cmrqc make-qc-flood-dataset`` writes, or an identical copy)."""
+    paths = [root / "scans" / f"{scan_id}.npz" for root in (first, second)]
+    try:
+        return paths[0].samefile(paths[1]) or filecmp.cmp(paths[0], paths[1], shallow=False)
+    except OSError:
+        return False
 
 
 def balanced_split(

@@ -162,6 +162,33 @@ def boundary_warp(
     return warped.astype(np.uint8), {"amplitude_px": amplitude, "sigma_px": sigma}
 
 
+def flood(
+    labels: Labels, rng: np.random.Generator, severity: float, image: NDArray[np.floating]
+) -> tuple[Labels, dict[str, Any]]:
+    """Flood the field of view: give one class to a whole intensity band of the image.
+
+    The failure of a barely trained network, or of one fed a badly normalised image: a large
+    part of the field of view (10–60 %, with severity) labelled one class by intensity alone,
+    the rest kept or wiped. Not in :data:`CORRUPTIONS` (it needs the image, and adding it there
+    would change every dataset drawn from :func:`random_corruption`); see
+    ``cmrqc_shared.qcdata.flood_dataset``.
+    """
+    cls = int(rng.choice(FOREGROUND))
+    coverage = 0.1 + 0.5 * severity
+    start = float(rng.uniform(0.0, 1.0 - coverage))
+    low, high = np.quantile(image, [start, start + coverage])
+    band = (image >= low) & (image <= high)
+    keep_others = bool(rng.random() < 0.5)
+    out = labels.copy() if keep_others else np.zeros_like(labels)
+    out[band] = cls
+    return out, {
+        "class": cls,
+        "coverage": coverage,
+        "band_quantiles": [start, start + coverage],
+        "keep_others": keep_others,
+    }
+
+
 @dataclass(frozen=True)
 class AppliedCorruption:
     """One corruption applied to a sample, with its severity and drawn parameters."""
