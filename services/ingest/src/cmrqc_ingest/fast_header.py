@@ -136,6 +136,13 @@ class FastHeader:
         """Byte offset of the PixelData value in the file, when there is one."""
         self.pixel_length = pixel_length
 
+    @property
+    def pixel_element(self) -> tuple[int, int] | None:
+        """PixelData's (value length, value offset), None when there is none."""
+        if self.pixel_length is None or self.pixel_offset is None:
+            return None
+        return self.pixel_length, self.pixel_offset
+
     def get(self, keyword: str, default: Any = None) -> Any:
         """The value pydicom's ``Dataset.get(keyword, default)`` would give."""
         return self._values.get(keyword, default)

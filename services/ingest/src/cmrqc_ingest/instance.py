@@ -17,6 +17,7 @@ import io
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -199,25 +200,23 @@ def inspect_instance_dataset(
             "instance-too-large",
             f"{len(data)} bytes exceed the limit of {limits.max_instance_bytes}",
         )
-    accepted = transfer_syntaxes or decodable_transfer_syntaxes()
+    check = partial(
+        _summarise,
+        size=len(data),
+        received_at=received_at,
+        limits=limits,
+        affected_sop_class_uid=affected_sop_class_uid,
+        affected_sop_instance_uid=affected_sop_instance_uid,
+        transfer_syntaxes=transfer_syntaxes or decodable_transfer_syntaxes(),
+    )
     fast = read_fast_header(data)
     if fast is not None:
         try:
-            fast_info = _summarise(
+            fast_info = check(
                 fast,
                 ts=fast.transfer_syntax,
                 element_count=fast.element_count,
-                pixel_element=(
-                    (fast.pixel_length, fast.pixel_offset)
-                    if fast.pixel_length is not None and fast.pixel_offset is not None
-                    else None
-                ),
-                size=len(data),
-                received_at=received_at,
-                limits=limits,
-                affected_sop_class_uid=affected_sop_class_uid,
-                affected_sop_instance_uid=affected_sop_instance_uid,
-                transfer_syntaxes=accepted,
+                pixel_element=fast.pixel_element,
             )
         except Exception:  # refused or odd: the general path decides, with its status
             pass
@@ -235,7 +234,7 @@ def inspect_instance_dataset(
     try:
         meta = getattr(ds, "file_meta", None)
         pixel = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
-        info = _summarise(
+        info = check(
             ds,
             ts=str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else "",
             element_count=len(ds),
@@ -244,12 +243,6 @@ def inspect_instance_dataset(
                 if pixel is not None
                 else None
             ),
-            size=len(data),
-            received_at=received_at,
-            limits=limits,
-            affected_sop_class_uid=affected_sop_class_uid,
-            affected_sop_instance_uid=affected_sop_instance_uid,
-            transfer_syntaxes=accepted,
         )
     except InstanceRejected:
         raise
