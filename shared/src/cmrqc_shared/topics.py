@@ -120,15 +120,21 @@ def ensure_topics(
     return created
 
 
-def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], attempts: int = 50) -> None:
-    """Wait until newly created topics show up in the cluster metadata."""
+def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Wait until newly created topics show up in the cluster metadata.
+
+    Usually milliseconds; a busy KRaft controller (say, deleting many topics at once) has
+    taken more than 5 s on a loaded 2-core machine, hence the generous limit.
+    """
     import time
 
-    for _ in range(attempts):
+    deadline = time.monotonic() + timeout_s
+    while True:
         if set(names) <= set(admin.list_topics()):
             return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"topics {names} did not appear in the metadata")
         time.sleep(0.1)
-    raise TimeoutError(f"topics {names} did not appear in the metadata")
 
 
 def ensure_namespaced_topics(kafka: KafkaSettings, client_id: str = "cmrqc-admin") -> list[str]:

@@ -87,13 +87,20 @@ def read_topic(
         group_id=None,
         **kafka.client_config(),
     )
+    deadline = time.monotonic() + timeout_s
     try:
-        partitions = consumer.partitions_for_topic(name) or set()
+        # a topic created a moment ago may not be in this client's metadata yet: wait for it
+        partitions = consumer.partitions_for_topic(name)
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.1)
+            consumer.topics()  # refreshes the metadata
+            partitions = consumer.partitions_for_topic(name)
+        if not partitions:
+            return
         tps = [TopicPartition(name, p) for p in sorted(partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         count = 0
-        deadline = time.monotonic() + timeout_s
         last_record = time.monotonic()
         while time.monotonic() < deadline:
             polled = consumer.poll(timeout_ms=200)
