@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ingest_testing import RecordingPublisher, make_settings
+from ingest_testing import SEED0, RecordingPublisher, make_settings
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
@@ -108,6 +108,18 @@ def test_a_ct_series_is_acknowledged_skipped_and_counted_once(pipeline: IngestPi
     skipped = pipeline.metrics.series_skipped.labels("not-mr")._value.get()
     assert skipped == 1
     assert len(pipeline.tracker) == 0
+
+
+def test_plain_instances_are_read_by_the_fast_reader_and_others_by_pydicom(  # type: ignore[no-untyped-def]
+    make_study, pipeline: IngestPipeline
+) -> None:
+    _, paths = make_study()
+    _receive_all(pipeline, paths)
+    _, enhanced = make_study(SEED0 + 1, enhanced=True)  # functional groups: pydicom reads them
+    _receive_all(pipeline, enhanced, session="e")
+    reads = pipeline.metrics.headers_read
+    assert reads.labels("fast")._value.get() == len(paths)
+    assert reads.labels("pydicom")._value.get() == len(enhanced)
 
 
 def test_a_single_mr_image_is_skipped_as_too_few_slices(

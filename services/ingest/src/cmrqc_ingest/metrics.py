@@ -26,6 +26,12 @@ class IngestMetrics:
             ["source", "status", "reason"],
             registry=r,
         )
+        self.headers_read = Counter(
+            "cmrqc_ingest_headers_read",
+            "Instance headers accepted, by reader: fast (plain classic MR) or pydicom.",
+            ["reader"],
+            registry=r,
+        )
         self.instances_duplicate = Counter(
             "cmrqc_ingest_instances_duplicate",
             "Re-sent instances already pending (acknowledged, stored once).",

@@ -314,6 +314,9 @@ class IngestPipeline:
             )
         except InstanceRejected as rejected:
             return ReceiveResult(rejected.status, rejected.reason, rejected.message)
+        self.metrics.headers_read.labels(
+            "fast" if isinstance(dataset, FastHeader) else "pydicom"
+        ).inc()
         ids = {"sop_class_uid": info.sop_class_uid, "sop_instance_uid": info.sop_instance_uid}
         if study_instance_uid is not None and info.study_instance_uid != study_instance_uid:
             # 0xA900: STOW-RS to /studies/{uid} with an instance of another study (PS3.18)
