@@ -37,6 +37,10 @@ def test_rca_of_the_true_segmentation_scores_high(
     assert result.top_k_mean_dsc.WH <= result.estimated_dsc.WH
     assert result.references_registered == 4 and result.references_screened == 6
     assert result.top_references[0].dsc.WH == result.estimated_dsc.WH
+    # every registered reference has its image similarity after registration (weighted NCC)
+    assert set(result.reference_similarity) == {r.reference_id for r in result.per_reference}
+    assert all(-1.0 <= v <= 1.0 for v in result.reference_similarity.values())
+    assert max(result.reference_similarity.values()) > 0.5  # the true anatomy matches well
 
 
 def test_rca_of_a_badly_corrupted_segmentation_scores_low(

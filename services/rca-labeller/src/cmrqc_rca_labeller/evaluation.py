@@ -101,6 +101,9 @@ class CaseResult:
     top_k_mean_dsc: dict[str, float]
     seconds: float
     calibrated_dsc: dict[str, float] | None = None
+    references: list[dict[str, object]] | None = None
+    """Every registered reference: id, image similarity after registration, per-class Dice
+    (to study estimators other than the maximum without re-running the registrations)."""
 
 
 def _mae(results: list[CaseResult], field: str) -> dict[str, float]:
@@ -200,6 +203,14 @@ def run_evaluation(
                 calibrated_dsc=(
                     estimate.calibrated_dsc.model_dump() if estimate.calibrated_dsc else None
                 ),
+                references=[
+                    {
+                        "id": reference.reference_id,
+                        "similarity": estimate.reference_similarity.get(reference.reference_id),
+                        "dsc": reference.dsc.model_dump(),
+                    }
+                    for reference in estimate.per_reference
+                ],
             )
         )
     summary = summarise(results, threshold)

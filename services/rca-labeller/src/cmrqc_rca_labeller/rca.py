@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -88,6 +88,10 @@ class RcaResult:
     fields: list[ReferenceField]
     calibrated_dsc: ClassScores | None = None
     """``estimated_dsc`` through the reference set's monotone correction (``calibration``)."""
+    reference_similarity: dict[str, float] = field(default_factory=dict)
+    """Each registered reference's image similarity (fine-level weighted NCC) after the last
+    stage, by reference id: how well the registration matched the images, independent of
+    the segmentation (for analysing estimators other than the maximum)."""
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready summary (what ``cmrqc rca`` prints)."""
@@ -204,6 +208,7 @@ class RcaEstimator:
             )
             lap(stage)
         with torch.no_grad():
+            final_similarity = similarity(refined_bank, transforms, test, coarse=False)
             propagated, covered = propagate(refined_bank, transforms, test)
             unseen = unseen_segmentation(refined_bank, transforms, test)
             dice = score(refined_bank, propagated, covered, unseen)  # [M, 5]
@@ -243,6 +248,10 @@ class RcaEstimator:
             stage_seconds=stages,
             fields=fields,
             calibrated_dsc=self.calibration.apply(estimated) if self.calibration else None,
+            reference_similarity={
+                refined_bank.ids[i]: float(value)
+                for i, value in enumerate(final_similarity.tolist())
+            },
         )
         logger.debug(
             "rca estimate",
