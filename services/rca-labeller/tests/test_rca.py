@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,30 @@ def test_rca_of_the_true_segmentation_scores_high(
     assert set(result.reference_similarity) == {r.reference_id for r in result.per_reference}
     assert all(-1.0 <= v <= 1.0 for v in result.reference_similarity.values())
     assert max(result.reference_similarity.values()) > 0.5  # the true anatomy matches well
+
+
+def test_the_estimate_is_taken_over_the_best_registered_references(
+    small_bank: ReferenceBank, fast_config: EngineConfig, scan: tuple[CardiacVolume, np.ndarray]
+) -> None:
+    image, truth = scan
+    bad, _ = erode(truth, np.random.default_rng(5), 0.6)
+    every = RcaEstimator(small_bank, replace(fast_config, score_keep=0)).estimate(image, bad)
+    gated = RcaEstimator(small_bank, replace(fast_config, score_keep=2)).estimate(image, bad)
+
+    assert len(gated.per_reference) == len(every.per_reference) == 4  # all still listed
+    best_two = sorted(gated.reference_similarity, key=gated.reference_similarity.__getitem__)[-2:]
+    dsc = {r.reference_id: r.dsc for r in gated.per_reference}
+    assert max(dsc[i].WH for i in best_two) == gated.estimated_dsc.WH
+    assert max(dsc[i].LV for i in best_two) == gated.estimated_dsc.LV
+    assert {r.reference_id for r in gated.per_reference[:2]} == set(best_two)
+    assert gated.top_references[0].dsc.WH == gated.estimated_dsc.WH
+    assert max(r.dsc.WH for r in every.per_reference) == every.estimated_dsc.WH
+    # keeping one reference: the estimate is the most similar reference's Dice, which here
+    # is not the best Dice (so the gate really changed the estimate)
+    single = RcaEstimator(small_bank, replace(fast_config, score_keep=1)).estimate(image, bad)
+    most_similar = max(single.reference_similarity, key=single.reference_similarity.__getitem__)
+    assert single.estimated_dsc.WH == dsc[most_similar].WH < every.estimated_dsc.WH
+    assert gated.estimated_dsc.WH <= every.estimated_dsc.WH
 
 
 def test_rca_of_a_badly_corrupted_segmentation_scores_low(

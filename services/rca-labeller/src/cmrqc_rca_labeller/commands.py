@@ -83,6 +83,9 @@ def register(subparsers: SubParsers) -> None:
     ev = evaluate.add_parser("rca", help="RCA estimate vs true Dice on the QC test split")
     ev.add_argument("--scans", type=int, default=40, help="scans (3 cases each)")
     ev.add_argument(
+        "--skip-scans", type=int, default=0, help="start after this many scans of the split"
+    )
+    ev.add_argument(
         "--split",
         choices=("test", "val"),
         default="test",
@@ -195,6 +198,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         corruptions_per_scan=args.corruptions_per_scan,
         threshold=args.threshold,
         split=QC_VAL if args.split == "val" else QC_TEST,
+        skip_scans=args.skip_scans,
     )
     summary = {"reference_set": reference_set.content_hash, **summary}
     if args.fit_calibration:

@@ -48,10 +48,15 @@ class EvaluationCase:
 
 
 def evaluation_cases(
-    scans: int, *, corruptions_per_scan: int = 2, split: SeedRange = QC_TEST
+    scans: int,
+    *,
+    corruptions_per_scan: int = 2,
+    split: SeedRange = QC_TEST,
+    skip_scans: int = 0,
 ) -> Iterator[EvaluationCase]:
-    """Deterministic cases from the first ``scans`` seeds of ``split`` (QC_TEST to report;
-    QC_VAL to tune settings without touching the test split).
+    """Deterministic cases from ``scans`` seeds of ``split`` after the first ``skip_scans``
+    (QC_TEST to report; QC_VAL to tune settings without touching the test split). A case
+    depends on its seed only, so ranges of scans can be evaluated apart and put together.
 
     Raises:
         ValueError: more scans than the split holds.
@@ -60,7 +65,7 @@ def evaluation_cases(
     from cmrqc_shared.qcdata.corruptions import random_corruption
     from cmrqc_shared.synth import render_study
 
-    for seed in split.seeds(scans):
+    for seed in split.seeds(skip_scans + scans)[skip_scans:]:
         phase = "ED" if seed % 2 == 0 else "ES"
         volume = render_study(seed, phases=(phase,)).phase(phase)  # type: ignore[arg-type]
         image = CardiacVolume(volume.image, volume.affine)
@@ -184,10 +189,13 @@ def run_evaluation(
     threshold: float = 0.7,
     progress: bool = True,
     split: SeedRange = QC_TEST,
+    skip_scans: int = 0,
 ) -> tuple[dict[str, object], list[CaseResult]]:
     """Estimate every case; write ``cases.jsonl`` and the scatter PNG under ``out_dir``."""
     results: list[CaseResult] = []
-    cases = evaluation_cases(scans, corruptions_per_scan=corruptions_per_scan, split=split)
+    cases = evaluation_cases(
+        scans, corruptions_per_scan=corruptions_per_scan, split=split, skip_scans=skip_scans
+    )
     total = scans * (corruptions_per_scan + 1)
     for case in tqdm(cases, total=total, desc="rca evaluate", unit="case", disable=not progress):
         truth = dice_per_class(case.segmentation, case.truth).model_dump()

@@ -63,10 +63,13 @@ class RcaResult:
     """One RCA estimate.
 
     Attributes:
-        estimated_dsc: per class, the maximum Dice over the registered references.
-        top_k_mean_dsc: per class, the mean of the ``top_k`` best references' Dice.
-        top_references: the best references by whole-heart Dice, with all their scores.
-        per_reference: every registered reference's scores (best WH first).
+        estimated_dsc: per class, the maximum Dice over the registered references (the
+            ``config.score_keep`` best registered of them).
+        top_k_mean_dsc: per class, the mean of the ``top_k`` best of those references' Dice.
+        top_references: the best of those references by whole-heart Dice, with all their
+            scores.
+        per_reference: every registered reference's scores: those the estimate is taken
+            over first, each group best WH first.
         references_screened: references scored at their initial pose (the whole set).
         references_registered: references taken through the full registration.
         seconds: wall-clock time of the estimate, s.
@@ -213,7 +216,13 @@ class RcaEstimator:
             unseen = unseen_segmentation(refined_bank, transforms, test)
             dice = score(refined_bank, propagated, covered, unseen)  # [M, 5]
         lap("score")
-        order = dice[:, 4].argsort(descending=True).tolist()
+        # the estimate is taken over the best registered references (config.score_keep)
+        kept = list(range(dice.shape[0]))
+        if 0 < config.score_keep < dice.shape[0]:
+            kept = final_similarity.argsort(descending=True)[: config.score_keep].tolist()
+        scored = dice[kept]
+        by_wh = dice[:, 4].argsort(descending=True).tolist()
+        order = [i for i in by_wh if i in kept] + [i for i in by_wh if i not in kept]
         per_reference = [
             ReferenceScore(reference_id=refined_bank.ids[i], dsc=_scores(dice[i])) for i in order
         ]
@@ -233,9 +242,9 @@ class RcaEstimator:
                         propagated=propagated[crop].cpu().numpy(),
                     )
                 )
-        k = min(config.top_k, dice.shape[0])
-        top_mean = dice.sort(0, descending=True).values[:k].mean(0)
-        estimated = _scores(dice.max(0).values)
+        k = min(config.top_k, scored.shape[0])
+        top_mean = scored.sort(0, descending=True).values[:k].mean(0)
+        estimated = _scores(scored.max(0).values)
         result = RcaResult(
             estimated_dsc=estimated,
             top_k_mean_dsc=_scores(top_mean),
