@@ -313,28 +313,16 @@ def _skip_sequence(data: memoryview, position: int, end: int, *, explicit: bool,
             position, _ = _walk(data, position, position + length, explicit=explicit, depth=depth)
 
 
-_DICTIONARY_VRS: dict[int, str] = {}
-
-
 def _implicit_undefined_length_vr(data: memoryview, position: int, end: int, tag: int) -> str:
-    """The VR pydicom gives an undefined-length element in implicit VR (cached by tag).
-
-    The data dictionary's, or for a tag it does not know, SQ when an item follows.
-    """
-    vr = _DICTIONARY_VRS.get(tag)
-    if vr is None:
-        try:
-            vr = dictionary_VR(tag)
-        except KeyError:
-            if end - position < 4:
-                raise _GiveUp from None
-            group, number = (
-                _U16.unpack_from(data, position)[0],
-                _U16.unpack_from(data, position + 2)[0],
-            )
-            return "SQ" if group << 16 | number == _ITEM else ""
-        _DICTIONARY_VRS[tag] = vr
-    return vr
+    """The VR pydicom gives an undefined-length element in implicit VR: the data
+    dictionary's, or for a tag it does not know, SQ when an item follows."""
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        if end - position < 4:
+            raise _GiveUp from None
+        group, number = _U16.unpack_from(data, position)[0], _U16.unpack_from(data, position + 2)[0]
+        return "SQ" if group << 16 | number == _ITEM else ""
 
 
 def _text(data: memoryview, element: tuple[str, int, int]) -> str:

@@ -73,15 +73,16 @@ class QcDatasets:
         self.samples: list[QcSample] = []
         self._part_of_sample: dict[str, int] = {}
         self._part_of_scan: dict[str, int] = {}
+        shared_scans: set[tuple[int, str]] = set()  # (part, scan) checked as the owner's file
         for index, part in enumerate(self.parts):
             for sample in part.samples:
                 if sample.sample_id in self._part_of_sample:
                     raise ValueError(f"sample {sample.sample_id} is in two datasets")
                 owner = self._part_of_scan.setdefault(sample.scan_id, index)
-                if owner != index and not _same_scan_file(
-                    self.roots[owner], self.roots[index], sample.scan_id
-                ):
-                    raise ValueError(f"scan {sample.scan_id} is in two datasets")
+                if owner != index and (index, sample.scan_id) not in shared_scans:
+                    if not _same_scan_file(self.roots[owner], self.roots[index], sample.scan_id):
+                        raise ValueError(f"scan {sample.scan_id} is in two datasets")
+                    shared_scans.add((index, sample.scan_id))  # once per scan, not per sample
                 self._part_of_sample[sample.sample_id] = index
                 self.samples.append(sample)
 

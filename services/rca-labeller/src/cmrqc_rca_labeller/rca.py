@@ -221,8 +221,11 @@ class RcaEstimator:
         if 0 < config.score_keep < dice.shape[0]:
             kept = final_similarity.argsort(descending=True)[: config.score_keep].tolist()
         scored = dice[kept]
-        by_wh = dice[:, 4].argsort(descending=True).tolist()
-        order = [i for i in by_wh if i in kept] + [i for i in by_wh if i not in kept]
+        kept_set = set(kept)
+        # best WH first, those the estimate is taken over before the others (a stable sort)
+        order = sorted(
+            dice[:, 4].argsort(descending=True).tolist(), key=lambda i: i not in kept_set
+        )
         per_reference = [
             ReferenceScore(reference_id=refined_bank.ids[i], dsc=_scores(dice[i])) for i in order
         ]
