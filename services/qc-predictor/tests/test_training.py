@@ -56,3 +56,51 @@ def test_a_case_the_service_would_refuse_is_refused_here_too() -> None:
         fast_arrays_from_cases([misaligned], np.zeros((1, 5), np.float32))
     with pytest.raises(ValueError, match="targets"):
         fast_arrays_from_cases([misaligned], np.zeros((2, 5), np.float32))
+
+
+def test_the_weight_average_follows_its_formula_and_is_what_is_returned() -> None:
+    from cmrqc_qc_predictor.training import _ExponentialAverage
+
+    torch.manual_seed(0)
+    model = FastQcNet(TINY)
+    average = _ExponentialAverage(model, decay=0.9)
+    before = {k: v.clone() for k, v in average.model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    average.update(model)  # first update: warm-up decay min(0.9, 2 / 11)
+    weight = 2 / 11
+    for name, value in model.state_dict().items():
+        if value.dtype.is_floating_point:
+            expected = weight * before[name] + (1 - weight) * value
+            assert torch.allclose(average.model.state_dict()[name], expected, atol=1e-6)
+
+    train = fast_arrays_from_cases(*_cases(range(QC_TRAIN.start, QC_TRAIN.start + 3)))
+    val = fast_arrays_from_cases(*_cases(range(QC_VAL.start, QC_VAL.start + 2)))
+    runs = {}
+    for options in ({}, {"ema_decay": 0.9}, {"loss_kind": "l1"}):
+        torch.manual_seed(0)
+        model = FastQcNet(TINY)
+        features = torch.from_numpy(train.features)
+        model.set_feature_statistics(features.mean(dim=0), features.std(dim=0))
+        _, history, val_predicted, _ = fit_fast(
+            model,
+            train,
+            val,
+            epochs=2,
+            batch_size=4,
+            learning_rate=5e-3,
+            progress=False,
+            **options,  # type: ignore[arg-type]
+        )
+        best = min(h["val_mae_mean"] for h in history)
+        selected = float(np.mean(np.abs(val_predicted - val.targets).mean(axis=0)))
+        assert selected == pytest.approx(best, abs=1e-5)
+        runs[str(options)] = val_predicted
+    plain = runs["{}"]
+    assert not np.allclose(runs["{'ema_decay': 0.9}"], plain, atol=1e-4)
+    assert not np.allclose(runs["{'loss_kind': 'l1'}"], plain, atol=1e-4)
+    with pytest.raises(ValueError, match="loss"):
+        fit_fast(model, train, val, epochs=1, progress=False, loss_kind="huber")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit_fast(model, train, val, epochs=1, progress=False, ema_decay=1.0)

@@ -57,6 +57,19 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
         help="fast: without the reference-estimate head (the committed model has none)",
     )
     parser.add_argument("--model", choices=("fast", "paper"), default="fast")
+    parser.add_argument(
+        "--loss",
+        choices=("mse", "l1"),
+        default="mse",
+        help="fast: the loss on the Dice values (l1 targets the MAE it is judged by)",
+    )
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="fast: validate and keep an exponential moving average of the weights (e.g. 0.998)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="fast: 30, paper: 2")
     parser.add_argument("--batch-size", type=int, default=None, help="fast: 32, paper: 2")
     parser.add_argument("--lr", type=float, default=None, help="fast: 2e-3, paper: 1e-5")
@@ -184,6 +197,8 @@ def _train_config(args: argparse.Namespace, out: Path, holdout: str | None) -> A
         fast=FastConfig(aux=not args.no_aux),
         labels=args.labels,
         label_field=args.label_field,
+        loss=args.loss,
+        ema_decay=args.ema,
     )
 
 

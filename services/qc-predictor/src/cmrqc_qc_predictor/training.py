@@ -3,8 +3,11 @@
 * Data: the dataset's own splits (by scan), balanced per split (``data.balanced_split``);
   ``holdout_family`` removes one family from training and validation (for the
   generalisation test, which then evaluates on that family alone).
-* Loss: mean squared error on the five Dice values (the paper's). Validation after every epoch;
-  the epoch with the lowest mean validation MAE is the model kept (the paper's model selection).
+* Loss: mean squared error on the five Dice values (the paper's). The fast model may instead
+  fine-tune on the absolute error (``loss="l1"``: the figure it is judged by; the MSE optimum is
+  the conditional mean, the L1 optimum the median) and validate an exponential moving average of
+  its weights (``ema_decay``). Validation after every epoch; the epoch with the lowest mean
+  validation MAE is the model kept (the paper's model selection).
 * ``paper``: Adam, learning rate 1e-5 with Keras-style time decay lr / (1 + 0.005 · step),
   inputs prepared on the fly (batch as memory allows; 2 on a CPU). ``max_train`` / ``max_val`` /
   ``time_budget_s`` bound a run on a CPU, where this network cannot be trained to convergence;
@@ -60,6 +63,8 @@ from cmrqc_shared.qcdata.dataset import QcSample, bin_counts
 logger = logging.getLogger(__name__)
 
 ModelKind = Literal["fast", "paper"]
+LossKind = Literal["mse", "l1"]
+LOSSES: tuple[LossKind, ...] = ("mse", "l1")
 ARCHITECTURES: dict[str, str] = {"fast": FAST_ARCHITECTURE, "paper": PAPER_ARCHITECTURE}
 
 
@@ -88,6 +93,10 @@ class TrainConfig:
     """JSON lines of ``cmrqc rca-labels``: train and validate only on those samples, with
     ``label_field`` as the targets instead of the true Dice (the paper's Experiment 2)."""
     label_field: str = "calibrated_dsc"
+    loss: LossKind = "mse"
+    """fast: the loss on the five Dice values (the paper model always uses MSE)."""
+    ema_decay: float | None = None
+    """fast: validate and keep an exponential moving average of the weights (e.g. 0.998)."""
 
 
 @dataclass
@@ -183,11 +192,16 @@ def fit_fast(
     progress: bool = True,
     started: float | None = None,
     reference_loss: bool = True,
+    loss_kind: LossKind = "mse",
+    ema_decay: float | None = None,
 ) -> tuple[FastQcNet, list[dict[str, Any]], NDArray[np.float32], str]:
-    """Train ``model`` in place on ``train_data`` (MSE on the Dice values, AdamW, one-cycle
-    schedule, rot90/flip augmentation; the auxiliary reference loss when the model has the
-    head), select the epoch with the lowest mean validation MAE and return (model in eval
+    """Train ``model`` in place on ``train_data`` (MSE or L1 on the Dice values, AdamW,
+    one-cycle schedule, rot90/flip augmentation; the auxiliary reference loss when the model has
+    the head), select the epoch with the lowest mean validation MAE and return (model in eval
     mode with those weights, per-epoch history, its validation predictions, why it stopped).
+
+    With ``ema_decay`` the weights validated, selected and returned are an exponential moving
+    average of the trained ones (updated after every step, batch-norm statistics included).
 
     Used by ``cmrqc train qc`` and by the retrainer (fine-tuning the serving model on RCA and
     ground-truth labels; ``reference_loss=False`` there, since RCA labels come without a
@@ -195,7 +209,12 @@ def fit_fast(
     """
     from tqdm import tqdm
 
+    if loss_kind not in LOSSES:
+        raise ValueError(f"unknown loss {loss_kind!r}: one of {LOSSES}")
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must lie in (0, 1), not {ema_decay}")
     started = time.monotonic() if started is None else started
+    averaged = _ExponentialAverage(model, ema_decay) if ema_decay is not None else None
     steps_per_epoch = math.ceil(len(train_data.targets) / batch_size)
     optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -229,17 +248,20 @@ def fit_fast(
             target = torch.from_numpy(train_data.targets[index])
             output, logits = model.forward_with_aux(batch)
             mse = torch.mean((output - target) ** 2)
-            loss = mse
+            loss = mse if loss_kind == "mse" else torch.mean(torch.abs(output - target))
             if logits is not None and reference_loss:
                 cross_entropy = -(reference * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-                loss = mse + AUX_WEIGHT * cross_entropy
+                loss = loss + AUX_WEIGHT * cross_entropy
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update(model)
             losses.append(mse.item())
             bar.set_postfix(mse=f"{np.mean(losses[-50:]):.4f}")
-        val_predicted = predict_fast_arrays(model, val_data.crops, val_data.features)
+        validated = model if averaged is None else averaged.model
+        val_predicted = predict_fast_arrays(validated, val_data.crops, val_data.features)
         record = _epoch_record(
             epoch,
             float(np.mean(losses)),
@@ -257,7 +279,7 @@ def fit_fast(
         )
         if record["val_mae_mean"] < best_mae:
             best_mae = record["val_mae_mean"]
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(validated.state_dict())
         if time_budget_s and time.monotonic() - started > time_budget_s:
             stopped = "time budget"
             break
@@ -266,6 +288,31 @@ def fit_fast(
     model.eval()
     val_predicted = predict_fast_arrays(model, val_data.crops, val_data.features)
     return model, history, val_predicted, stopped
+
+
+class _ExponentialAverage:
+    """An exponential moving average of a network's parameters and buffers (batch-norm
+    statistics), kept in a copy of the network: ``average = decay · average + (1 − decay) ·
+    current`` after every optimiser step, with the usual warm-up ``min(decay, (1 + n) / (10 +
+    n))`` so early steps do not leave the initial weights dominant for long."""
+
+    def __init__(self, model: FastQcNet, decay: float) -> None:
+        self.model = copy.deepcopy(model)
+        self.model.eval()
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: FastQcNet) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        current = model.state_dict()
+        for name, average in self.model.state_dict().items():
+            value = current[name]
+            if average.dtype.is_floating_point:
+                average.mul_(decay).add_(value, alpha=1.0 - decay)
+            else:
+                average.copy_(value)
 
 
 def _epoch_record(
@@ -295,6 +342,8 @@ def train(config: TrainConfig) -> TrainResult:
     """
     if config.model not in ARCHITECTURES:
         raise ValueError(f"unknown model {config.model!r}: fast or paper")
+    if config.model == "paper" and (config.loss != "mse" or config.ema_decay is not None):
+        raise ValueError("the paper model trains as published: MSE, no weight average")
     torch.manual_seed(config.seed)
     if config.model == "fast" and config.init is not None:
         # Fine-tuning keeps the initial artifact's architecture options (widths, aux).
@@ -404,12 +453,19 @@ def _train_fast(
         time_budget_s=config.time_budget_s,
         progress=config.progress,
         started=started,
+        loss_kind=config.loss,
+        ema_decay=config.ema_decay,
     )
     details = {
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "optimiser": "AdamW(weight_decay=1e-4), one-cycle schedule (15% warm-up)",
         "augmentation": "in-plane rot90 x k and horizontal flip, per batch",
+        "weight_average": (
+            f"exponential moving average, decay {config.ema_decay}"
+            if config.ema_decay is not None
+            else "none"
+        ),
         "auxiliary": (
             f"reference estimate at 28 x 28, soft cross-entropy x {AUX_WEIGHT}"
             if config.fast.aux
@@ -586,7 +642,11 @@ def _model_card(
             "epochs_requested": config.epochs,
             "epochs_run": len(history),
             "selected_epoch": best["epoch"],
-            "loss": "MSE on the 5 Dice values",
+            "loss": (
+                "MSE on the 5 Dice values"
+                if config.loss == "mse"
+                else "L1 (absolute error) on the 5 Dice values"
+            ),
             "wall_s": round(wall_s, 1),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -639,7 +699,12 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"epochs run ({training['stopped_by']}); epoch {training['selected_epoch']} selected "
         "by mean validation MAE.",
         f"* {training['loss']}; {training['optimiser']}; batch {training['batch_size']}; "
-        f"learning rate {training['learning_rate']}; augmentation: {training['augmentation']}.",
+        f"learning rate {training['learning_rate']}; augmentation: {training['augmentation']}"
+        + (
+            f"; weights: {training['weight_average']}."
+            if training.get("weight_average", "none") != "none"
+            else "."
+        ),
         f"* {training['budget_label']}; wall time {training['wall_s']} s on "
         f"{training['threads']} CPU thread(s), torch {training['torch']}.",
         "",
