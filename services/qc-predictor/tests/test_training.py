@@ -104,3 +104,29 @@ def test_the_weight_average_follows_its_formula_and_is_what_is_returned() -> Non
         fit_fast(model, train, val, epochs=1, progress=False, loss_kind="huber")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ema_decay"):
         fit_fast(model, train, val, epochs=1, progress=False, ema_decay=1.0)
+
+
+def test_distillation_targets_mix_the_truth_with_a_view_averaged_teacher() -> None:
+    from dataclasses import replace
+
+    from cmrqc_qc_predictor.training import distillation_targets, predict_fast_arrays_dihedral
+
+    torch.manual_seed(0)
+    data = fast_arrays_from_cases(*_cases(range(QC_TRAIN.start, QC_TRAIN.start + 2)))
+    teacher = FastQcNet(TINY)
+    features = torch.from_numpy(data.features)
+    teacher.set_feature_statistics(features.mean(dim=0), features.std(dim=0))
+    taught = predict_fast_arrays_dihedral(teacher, data.crops, data.features)
+    # The 8-view average does not depend on which view the crop arrived in.
+    turned = replace(
+        data, crops=np.ascontiguousarray(np.flip(np.rot90(data.crops, 1, (-2, -1)), -1))
+    )
+    again = predict_fast_arrays_dihedral(teacher, turned.crops, turned.features)
+    np.testing.assert_allclose(again, taught, atol=1e-5)
+    assert not np.allclose(taught, data.targets, atol=1e-3)
+    np.testing.assert_allclose(distillation_targets(teacher, data, 0.0), data.targets)
+    np.testing.assert_allclose(distillation_targets(teacher, data, 1.0), taught, atol=1e-6)
+    mixed = distillation_targets(teacher, data, 0.25)
+    np.testing.assert_allclose(mixed, 0.75 * data.targets + 0.25 * taught, atol=1e-6)
+    with pytest.raises(ValueError, match="weight"):
+        distillation_targets(teacher, data, 1.5)

@@ -70,6 +70,19 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DECAY",
         help="fast: validate and keep an exponential moving average of the weights (e.g. 0.998)",
     )
+    parser.add_argument(
+        "--distill-from",
+        type=Path,
+        default=None,
+        metavar="ARTIFACT",
+        help="fast: mix the targets with this teacher's 8-view average prediction",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.5,
+        help="fast: the teacher's share of the targets with --distill-from",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="fast: 30, paper: 2")
     parser.add_argument("--batch-size", type=int, default=None, help="fast: 32, paper: 2")
     parser.add_argument("--lr", type=float, default=None, help="fast: 2e-3, paper: 1e-5")
@@ -199,6 +212,8 @@ def _train_config(args: argparse.Namespace, out: Path, holdout: str | None) -> A
         label_field=args.label_field,
         loss=args.loss,
         ema_decay=args.ema,
+        distill_from=args.distill_from,
+        distill_weight=args.distill_weight,
     )
 
 

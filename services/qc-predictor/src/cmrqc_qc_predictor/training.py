@@ -97,6 +97,11 @@ class TrainConfig:
     """fast: the loss on the five Dice values (the paper model always uses MSE)."""
     ema_decay: float | None = None
     """fast: validate and keep an exponential moving average of the weights (e.g. 0.998)."""
+    distill_from: Path | None = None
+    """fast: a teacher artifact; the training targets become ``(1 − distill_weight) · true +
+    distill_weight · teacher``, the teacher's prediction averaged over the 8 in-plane views
+    (self-distillation of a test-time ensemble the real-time path cannot afford)."""
+    distill_weight: float = 0.5
 
 
 @dataclass
@@ -177,6 +182,40 @@ def predict_fast_arrays(
             feats = torch.from_numpy(features[start : start + batch])
             outputs.append(model({"crop": crop, "features": feats}).numpy())
     return np.concatenate(outputs).astype(np.float32)
+
+
+def predict_fast_arrays_dihedral(
+    model: FastQcNet, crops: NDArray[np.uint8], features: NDArray[np.float32], batch: int = 64
+) -> NDArray[np.float32]:
+    """Predictions (n, 5) of the fast model averaged over the 8 in-plane views of every crop
+    (rotations by k·90°, with and without a flip; Dice does not change under them)."""
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(crops), batch):
+            crop = torch.from_numpy(crops[start : start + batch]).float().div_(255.0)
+            feats = torch.from_numpy(features[start : start + batch])
+            total = torch.zeros(len(crop), len(OUTPUT_CLASSES))
+            for turns in range(4):
+                turned = torch.rot90(crop, turns, dims=(-2, -1))
+                for view in (turned, torch.flip(turned, dims=(-1,))):
+                    total += model({"crop": view, "features": feats})
+            outputs.append((total / 8.0).numpy())
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def distillation_targets(
+    teacher: FastQcNet, data: FastArrays, weight: float
+) -> NDArray[np.float32]:
+    """``(1 − weight) · true + weight · teacher``, the teacher averaged over the 8 views.
+
+    Raises:
+        ValueError: ``weight`` outside [0, 1].
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"distillation weight must lie in [0, 1], not {weight}")
+    taught = predict_fast_arrays_dihedral(teacher, data.crops, data.features)
+    return ((1.0 - weight) * data.targets + weight * taught).astype(np.float32)
 
 
 def fit_fast(
@@ -342,8 +381,10 @@ def train(config: TrainConfig) -> TrainResult:
     """
     if config.model not in ARCHITECTURES:
         raise ValueError(f"unknown model {config.model!r}: fast or paper")
-    if config.model == "paper" and (config.loss != "mse" or config.ema_decay is not None):
-        raise ValueError("the paper model trains as published: MSE, no weight average")
+    if config.model == "paper" and (
+        config.loss != "mse" or config.ema_decay is not None or config.distill_from is not None
+    ):
+        raise ValueError("the paper model trains as published: MSE, no average, no teacher")
     torch.manual_seed(config.seed)
     if config.model == "fast" and config.init is not None:
         # Fine-tuning keeps the initial artifact's architecture options (widths, aux).
@@ -433,6 +474,18 @@ def _train_fast(
     val_data = fast_arrays(
         dataset, val_samples, cache, progress=config.progress, description="prepare val"
     )
+    targets_label = "true Dice"
+    if config.distill_from is not None:
+        teacher = _initial_fast_model(config.distill_from)
+        logger.info("teacher %s: 8-view predictions of the training cases", config.distill_from)
+        train_data = replace(
+            train_data,
+            targets=distillation_targets(teacher, train_data, config.distill_weight),
+        )
+        targets_label = (
+            f"{1.0 - config.distill_weight:g} x true Dice + {config.distill_weight:g} x the "
+            f"8-view average of {config.distill_from.name} ({config.distill_from})"
+        )
     if config.init is not None:
         # Fine-tuning: the network keeps the feature standardisation it learnt with.
         model = _initial_fast_model(config.init)
@@ -461,6 +514,7 @@ def _train_fast(
         "learning_rate": learning_rate,
         "optimiser": "AdamW(weight_decay=1e-4), one-cycle schedule (15% warm-up)",
         "augmentation": "in-plane rot90 x k and horizontal flip, per batch",
+        "training_targets": targets_label,
         "weight_average": (
             f"exponential moving average, decay {config.ema_decay}"
             if config.ema_decay is not None
@@ -704,6 +758,11 @@ def model_card_markdown(card: dict[str, Any]) -> str:
             f"; weights: {training['weight_average']}."
             if training.get("weight_average", "none") != "none"
             else "."
+        )
+        + (
+            f"\n* Training targets: {training['training_targets']}."
+            if training.get("training_targets", "true Dice") != "true Dice"
+            else ""
         ),
         f"* {training['budget_label']}; wall time {training['wall_s']} s on "
         f"{training['threads']} CPU thread(s), torch {training['torch']}.",
