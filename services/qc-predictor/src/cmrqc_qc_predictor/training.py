@@ -185,14 +185,21 @@ def predict_fast_arrays(
 
 
 def predict_fast_arrays_dihedral(
-    model: FastQcNet, crops: NDArray[np.uint8], features: NDArray[np.float32], batch: int = 64
+    model: FastQcNet,
+    crops: NDArray[np.uint8],
+    features: NDArray[np.float32],
+    batch: int = 64,
+    progress: bool = False,
 ) -> NDArray[np.float32]:
     """Predictions (n, 5) of the fast model averaged over the 8 in-plane views of every crop
     (rotations by k·90°, with and without a flip; Dice does not change under them)."""
+    from tqdm import tqdm
+
     model.eval()
     outputs = []
+    starts = range(0, len(crops), batch)
     with torch.inference_mode():
-        for start in range(0, len(crops), batch):
+        for start in tqdm(starts, desc="teacher, 8 views", unit="batch", disable=not progress):
             crop = torch.from_numpy(crops[start : start + batch]).float().div_(255.0)
             feats = torch.from_numpy(features[start : start + batch])
             total = torch.zeros(len(crop), len(OUTPUT_CLASSES))
@@ -205,7 +212,7 @@ def predict_fast_arrays_dihedral(
 
 
 def distillation_targets(
-    teacher: FastQcNet, data: FastArrays, weight: float
+    teacher: FastQcNet, data: FastArrays, weight: float, progress: bool = False
 ) -> NDArray[np.float32]:
     """``(1 − weight) · true + weight · teacher``, the teacher averaged over the 8 views.
 
@@ -214,7 +221,7 @@ def distillation_targets(
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"distillation weight must lie in [0, 1], not {weight}")
-    taught = predict_fast_arrays_dihedral(teacher, data.crops, data.features)
+    taught = predict_fast_arrays_dihedral(teacher, data.crops, data.features, progress=progress)
     return ((1.0 - weight) * data.targets + weight * taught).astype(np.float32)
 
 
@@ -480,7 +487,9 @@ def _train_fast(
         logger.info("teacher %s: 8-view predictions of the training cases", config.distill_from)
         train_data = replace(
             train_data,
-            targets=distillation_targets(teacher, train_data, config.distill_weight),
+            targets=distillation_targets(
+                teacher, train_data, config.distill_weight, progress=config.progress
+            ),
         )
         targets_label = (
             f"{1.0 - config.distill_weight:g} x true Dice + {config.distill_weight:g} x the "
