@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmrqc_qc_predictor.data import fast_arrays_from_cases
+from cmrqc_qc_predictor.data import FastArrays, fast_arrays_from_cases
 from cmrqc_qc_predictor.models import FastConfig, FastQcNet
 from cmrqc_qc_predictor.prepare import InputError
 from cmrqc_qc_predictor.training import fit_fast
@@ -31,13 +31,19 @@ def _cases(seeds: range) -> tuple[list, np.ndarray]:  # type: ignore[type-arg]
     return cases, np.asarray(targets, np.float32)
 
 
+def _tiny_model(data: FastArrays) -> FastQcNet:
+    """A tiny fast network standardising the features as ``data`` has them."""
+    model = FastQcNet(TINY)
+    features = torch.from_numpy(data.features)
+    model.set_feature_statistics(features.mean(dim=0), features.std(dim=0))
+    return model
+
+
 def test_fit_fast_learns_and_keeps_the_best_validation_epoch() -> None:
     torch.manual_seed(0)
     train = fast_arrays_from_cases(*_cases(range(QC_TRAIN.start, QC_TRAIN.start + 4)))
     val = fast_arrays_from_cases(*_cases(range(QC_VAL.start, QC_VAL.start + 2)))
-    model = FastQcNet(TINY)
-    features = torch.from_numpy(train.features)
-    model.set_feature_statistics(features.mean(dim=0), features.std(dim=0))
+    model = _tiny_model(train)
     model, history, val_predicted, stopped = fit_fast(
         model, train, val, epochs=4, batch_size=4, learning_rate=5e-3, progress=False
     )
@@ -80,9 +86,7 @@ def test_the_weight_average_follows_its_formula_and_is_what_is_returned() -> Non
     runs = {}
     for options in ({}, {"ema_decay": 0.9}, {"loss_kind": "l1"}):
         torch.manual_seed(0)
-        model = FastQcNet(TINY)
-        features = torch.from_numpy(train.features)
-        model.set_feature_statistics(features.mean(dim=0), features.std(dim=0))
+        model = _tiny_model(train)
         _, history, val_predicted, _ = fit_fast(
             model,
             train,
@@ -113,9 +117,7 @@ def test_distillation_targets_mix_the_truth_with_a_view_averaged_teacher() -> No
 
     torch.manual_seed(0)
     data = fast_arrays_from_cases(*_cases(range(QC_TRAIN.start, QC_TRAIN.start + 2)))
-    teacher = FastQcNet(TINY)
-    features = torch.from_numpy(data.features)
-    teacher.set_feature_statistics(features.mean(dim=0), features.std(dim=0))
+    teacher = _tiny_model(data)
     taught = predict_fast_arrays_dihedral(teacher, data.crops, data.features)
     # The 8-view average does not depend on which view the crop arrived in.
     turned = replace(
