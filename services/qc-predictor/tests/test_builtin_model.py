@@ -60,3 +60,42 @@ def test_the_committed_fast_model_beats_the_training_mean_on_unseen_cases(
     assert len(cases) >= 20
     assert model_mae[wh] < 0.5 * baseline_mae[wh]
     assert model_mae.mean() < 0.6 * baseline_mae.mean()
+
+
+def test_averaging_views_is_the_mean_of_the_turned_crops_and_uses_the_given_intervals(
+    held_out: tuple[list[Case], np.ndarray],
+) -> None:
+    import torch
+
+    from cmrqc_qc_predictor.conformal import ConformalCalibration
+    from cmrqc_qc_predictor.inputs import case_inputs, collate
+    from cmrqc_qc_predictor.predictor import run_network, view_of
+    from cmrqc_qc_predictor.prepare import prepare_input
+
+    cases, _ = held_out
+    model = load_artifact_file(BUILTIN_FAST)
+    case = cases[0]
+    prepared = prepare_input(case.image, case.labels, case.pixel_spacing_mm, case.slice_spacing_mm)
+    batch = collate([case_inputs(model.architecture, prepared)])
+    cpu = torch.device("cpu")
+    one_by_one = [
+        run_network(model, {**batch, "crop": view_of(batch["crop"], view)}, cpu)
+        for view in range(8)
+    ]
+    averaged = run_network(model, batch, cpu, views=8)
+    np.testing.assert_allclose(averaged, np.mean(one_by_one, axis=0), atol=1e-5)
+    assert not np.allclose(one_by_one[0], one_by_one[3], atol=1e-4)  # the views do differ
+    # Eight views are eight different crops: rotations by 0-270 degrees, each mirrored or not.
+    crops = [view_of(batch["crop"], view) for view in range(8)]
+    assert all(not torch.equal(crops[a], crops[b]) for a in range(8) for b in range(a))
+
+    narrow = ConformalCalibration(np.full((10, len(OUTPUT_CLASSES)), 0.01, np.float32))
+    (prediction,) = predict_cases(model, [case], views=4, calibration=narrow, coverage=0.5)
+    wh = prediction.dsc["WH"]
+    assert prediction.upper is not None and prediction.upper["WH"] == pytest.approx(
+        min(wh + 0.01, 1.0), abs=1e-6
+    )
+    with pytest.raises(ValueError, match="views"):
+        predict_cases(model, [case], views=9)
+    with pytest.raises(ValueError, match="view"):
+        view_of(batch["crop"], 8)

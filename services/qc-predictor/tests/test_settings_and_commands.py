@@ -48,9 +48,9 @@ def test_bench_times_both_models_in_their_own_processes() -> None:
     what it measures is printed, never asserted."""
     from cmrqc_qc_predictor.bench import run_bench
 
-    report = run_bench(batch=2, rounds=2, threads=1, devices=["cpu"])
+    report = run_bench(batch=2, rounds=2, threads=1, devices=["cpu"], fast_views=(2,))
     cpu = report["devices"]["cpu"]
-    for model in ("paper", "fast"):
+    for model in ("paper", "fast", "fast-views-2"):
         for key in ("batch_1", "batch_2"):
             figures = cpu[model][key]
             assert figures["prepare_ms"] > 0 and figures["forward_ms"] > 0
@@ -58,6 +58,9 @@ def test_bench_times_both_models_in_their_own_processes() -> None:
                 figures["prepare_ms"] + figures["forward_ms"], abs=0.02
             )
     assert set(cpu["ratio_paper_over_fast"]) == {"batch_1", "batch_2"}
+    assert set(cpu["ratio_paper_over_fast_views_2"]) == {"batch_1", "batch_2"}
+    with pytest.raises(ValueError, match="views"):
+        run_bench(batch=2, rounds=1, threads=1, devices=["cpu"], fast_views=(9,))
     # the CPU under both OpenMP wait policies, whatever the calling process had set
     assert report["devices"]["cpu-omp-passive"]["omp_wait_policy"] == "PASSIVE"
     assert cpu["omp_wait_policy"].startswith("unset")

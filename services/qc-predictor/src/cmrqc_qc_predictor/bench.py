@@ -92,16 +92,22 @@ class Timings:
 
 
 def measure_round(
-    model: QcModel, cases: list[Case], device: torch.device, batch: int, timings: Timings
+    model: QcModel,
+    cases: list[Case],
+    device: torch.device,
+    batch: int,
+    timings: Timings,
+    views: int = 1,
 ) -> None:
-    """One round: every case alone (batch 1), then all of them as one batch."""
+    """One round: every case alone (batch 1), then all of them as one batch; the network
+    averaged over ``views`` in-plane views (fast model)."""
     architecture = model.architecture
     for case in cases[:batch]:
         _sync(device)
         started = time.perf_counter()
         one = collate([_prepare(architecture, case)])
         prepared_at = time.perf_counter()
-        run_network(model, one, device)
+        run_network(model, one, device, views)
         _sync(device)
         timings.single_prepare.append((prepared_at - started) * 1000.0)
         timings.single_forward.append((time.perf_counter() - prepared_at) * 1000.0)
@@ -109,14 +115,22 @@ def measure_round(
     started = time.perf_counter()
     stacked = collate([_prepare(architecture, case) for case in cases[:batch]])
     prepared_at = time.perf_counter()
-    run_network(model, stacked, device)
+    run_network(model, stacked, device, views)
     _sync(device)
     timings.batched_prepare.append((prepared_at - started) * 1000.0 / batch)
     timings.batched_forward.append((time.perf_counter() - prepared_at) * 1000.0 / batch)
 
 
+FAST_VIEWS_PREFIX = "fast-views-"
+"""Worker name of the fast model averaged over N in-plane views: ``fast-views-N``."""
+
+
+def _views_of(name: str) -> int:
+    return int(name.removeprefix(FAST_VIEWS_PREFIX)) if name.startswith(FAST_VIEWS_PREFIX) else 1
+
+
 def _load_model(name: str, fast_artifact: str) -> QcModel:
-    if name == "fast":
+    if name == "fast" or name.startswith(FAST_VIEWS_PREFIX):
         path = BUILTIN_FAST if fast_artifact == "builtin" else Path(fast_artifact)
         return load_artifact_file(path)
     from cmrqc_qc_predictor.conformal import ConformalCalibration
@@ -146,11 +160,12 @@ def _model_worker(
     model = _load_model(name, fast_artifact)
     model.network.to(device).eval()
     cases = bench_cases(batch)
-    measure_round(model, cases, device, batch, Timings())  # warm-up: allocator, kernels
+    views = _views_of(name)
+    measure_round(model, cases, device, batch, Timings(), views)  # warm-up: allocator, kernels
     connection.send("ready")
     timings = Timings()
     while connection.recv() == "round":
-        measure_round(model, cases, device, batch, timings)
+        measure_round(model, cases, device, batch, timings, views)
         connection.send("done")
     connection.send(timings)
 
@@ -238,8 +253,11 @@ def run_bench(
     threads: int = 2,
     devices: list[str] | None = None,
     fast_artifact: str = "builtin",
+    fast_views: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Both models, every device; per-case latencies and the paper/fast ratios.
+    ``fast_views``: also the fast model averaged over that many in-plane views (each in its own
+    process, in the same alternating rounds), with its own ratios.
 
     Raises:
         ArtifactError, OSError: the fast artifact cannot be loaded.
@@ -261,11 +279,15 @@ def run_bench(
             runs += [(key, name, policy) for key, policy in CPU_WAIT_POLICIES.items()]
         else:
             runs.append((name, name, os.environ.get("OMP_WAIT_POLICY")))
+    for views in fast_views:
+        if not 2 <= views <= 8:
+            raise ValueError(f"fast views must lie in [2, 8], not {views}")
+    names = ["paper", "fast"] + [f"{FAST_VIEWS_PREFIX}{views}" for views in fast_views]
     for key, name, policy in runs:
         device = torch.device(name)
         with _environment("OMP_WAIT_POLICY", policy):
             results = measure_side_by_side(
-                ["paper", "fast"],
+                names,
                 fast_artifact=fast_artifact,
                 device_name=name,
                 batch=batch,
@@ -276,9 +298,19 @@ def run_bench(
             size: round(results["paper"][size]["total_ms"] / results["fast"][size]["total_ms"], 1)
             for size in results["fast"]
         }
+        view_ratios = {
+            f"ratio_paper_over_{model_name.replace('-', '_')}": {
+                size: round(
+                    results["paper"][size]["total_ms"] / results[model_name][size]["total_ms"], 1
+                )
+                for size in results[model_name]
+            }
+            for model_name in names[2:]
+        }
         report["devices"][key] = {
             **results,
             "ratio_paper_over_fast": ratios,
+            **view_ratios,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "omp_wait_policy": policy or "unset (runtime default)",
         }

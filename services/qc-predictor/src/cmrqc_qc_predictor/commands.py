@@ -136,6 +136,12 @@ def register(subparsers: SubParsers) -> None:
     evaluate.add_argument("--out", type=Path, default=None, help="default out/qc-predictor/eval")
     evaluate.add_argument("--max-cases", type=int, default=None, help="seeded test subset")
     evaluate.add_argument("--coverage", type=float, default=0.9)
+    evaluate.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        help="fast: average over this many in-plane views (1-8; intervals refitted on val)",
+    )
     evaluate.add_argument("--threshold", type=float, default=0.7, help="WH pass threshold")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     _training_arguments(evaluate)
@@ -149,6 +155,13 @@ def register(subparsers: SubParsers) -> None:
     bench.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     bench.add_argument("--device", action="append", default=None, help="cpu, cuda (repeatable)")
     bench.add_argument("--artifact", default="builtin", help="fast model artifact")
+    bench.add_argument(
+        "--views",
+        type=int,
+        action="append",
+        default=None,
+        help="also time fast averaged over this many in-plane views (2-8, repeatable)",
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_bench)
 
@@ -269,6 +282,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         coverage=args.coverage,
         threshold=args.threshold,
         progress=not args.json,
+        views=args.views,
     )
     report["artifact"] = str(path)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -311,6 +325,7 @@ def _bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         devices=args.device,
         fast_artifact=args.artifact,
+        fast_views=tuple(args.views or ()),
     )
     if args.json:
         _emit(json.dumps(report))
@@ -320,13 +335,17 @@ def _bench(args: argparse.Namespace) -> int:
             f"{device} ({results['device_name']}, {report['threads']} threads, "
             f"OMP_WAIT_POLICY {results['omp_wait_policy']}):"
         )
-        for model in ("paper", "fast"):
+        models = [name for name in results if name in ("paper", "fast") or "views" in name]
+        for model in [name for name in models if not name.startswith("ratio")]:
             for key, row in results[model].items():
                 _emit(
                     f"  {model:5} {key:8} prepare {row['prepare_ms']:8.2f} ms  forward "
                     f"{row['forward_ms']:8.2f} ms  total {row['total_ms']:8.2f} ms per case"
                 )
         _emit(f"  paper/fast: {results['ratio_paper_over_fast']}")
+        for key, value in results.items():
+            if key.startswith("ratio_paper_over_fast_views"):
+                _emit(f"  {key.removeprefix('ratio_')}: {value}")
     return 0
 
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from cmrqc_qc_predictor.artifact import QcModel
 from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
-from cmrqc_qc_predictor.conformal import empirical_coverage
+from cmrqc_qc_predictor.conformal import ConformalCalibration, empirical_coverage
 from cmrqc_qc_predictor.data import QcDatasets, balanced_split, targets_of
 from cmrqc_qc_predictor.plots import error_distribution_png, scatter_png
 from cmrqc_qc_predictor.predictor import Case, predict_cases
@@ -43,37 +44,29 @@ def test_samples(
     return samples
 
 
-def evaluate(
+def _predict_samples(
     model: QcModel,
-    dataset_roots: Sequence[Path],
-    out_dir: Path,
-    *,
-    seed: int = 0,
-    holdout_family: str | None = None,
-    max_cases: int | None = None,
-    coverage: float = 0.9,
-    threshold: float = DEFAULT_THRESHOLDS["WH"],
-    progress: bool = True,
-    label: str = "",
-) -> dict[str, Any]:
-    """Score ``model`` on the test split; writes the figures to ``out_dir``; returns the report.
-
-    Raises:
-        FileNotFoundError: no dataset at one of ``dataset_roots``.
-        ValueError: an empty test selection.
-    """
+    dataset: QcDatasets,
+    samples: Sequence[QcSample],
+    device: torch.device,
+    views: int,
+    calibration: ConformalCalibration,
+    coverage: float,
+    threshold: float,
+    progress: bool,
+    description: str,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], list[str], int]:
+    """(predicted, lower, upper, WH verdicts, scans) for ``samples`` through the service's
+    ``predict_cases``, one scan's segmentations at a time."""
     from tqdm import tqdm
 
-    dataset = QcDatasets(dataset_roots)
-    samples = test_samples(dataset, seed=seed, holdout_family=holdout_family, max_cases=max_cases)
     by_scan: dict[str, list[int]] = defaultdict(list)
     for index, sample in enumerate(samples):
         by_scan[sample.scan_id].append(index)
     predicted = np.zeros((len(samples), len(OUTPUT_CLASSES)), np.float32)
     lower, upper = np.zeros_like(predicted), np.zeros_like(predicted)
     verdicts: list[str] = [""] * len(samples)
-    device = next(model.network.parameters()).device
-    with tqdm(total=len(samples), desc="evaluate", disable=not progress, unit="case") as bar:
+    with tqdm(total=len(samples), desc=description, disable=not progress, unit="case") as bar:
         for scan_id, indices in by_scan.items():
             scan = dataset.scan(scan_id)
             cases = [
@@ -86,7 +79,13 @@ def evaluate(
                 for i in indices
             ]
             results = predict_cases(
-                model, cases, device=device, thresholds={"WH": threshold}, coverage=coverage
+                model,
+                cases,
+                device=device,
+                thresholds={"WH": threshold},
+                coverage=coverage,
+                views=views,
+                calibration=calibration,
             )
             for i, result in zip(indices, results, strict=True):
                 predicted[i] = [result.dsc[c] for c in OUTPUT_CLASSES]
@@ -95,6 +94,68 @@ def evaluate(
                     upper[i] = [result.upper[c] for c in OUTPUT_CLASSES]
                 verdicts[i] = result.decision.verdict.value
             bar.update(len(indices))
+    return predicted, lower, upper, verdicts, len(by_scan)
+
+
+def evaluate(
+    model: QcModel,
+    dataset_roots: Sequence[Path],
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    holdout_family: str | None = None,
+    max_cases: int | None = None,
+    coverage: float = 0.9,
+    threshold: float = DEFAULT_THRESHOLDS["WH"],
+    progress: bool = True,
+    label: str = "",
+    views: int = 1,
+) -> dict[str, Any]:
+    """Score ``model`` on the test split; writes the figures to ``out_dir``; returns the report.
+
+    ``views`` > 1 averages the fast model over in-plane views (``predictor.run_network``), with
+    the conformal intervals refitted for that many views on the validation split.
+
+    Raises:
+        FileNotFoundError: no dataset at one of ``dataset_roots``.
+        ValueError: an empty test selection.
+    """
+    dataset = QcDatasets(dataset_roots)
+    samples = test_samples(dataset, seed=seed, holdout_family=holdout_family, max_cases=max_cases)
+    device = next(model.network.parameters()).device
+    calibration = model.calibration
+    calibration_source = "the artifact's (validation split, 1 view)"
+    if views > 1:
+        # The artifact's intervals are for one view; refit them for this many views on the
+        # same validation split the model was selected and calibrated on.
+        excluded = [holdout_family] if holdout_family else []
+        val_samples = balanced_split(dataset, "val", seed=seed, exclude_families=excluded)
+        val_predicted, *_ = _predict_samples(
+            model,
+            dataset,
+            val_samples,
+            device,
+            views,
+            calibration,
+            coverage,
+            threshold,
+            progress,
+            "calibrate",
+        )
+        calibration = ConformalCalibration.fit(val_predicted, targets_of(val_samples))
+        calibration_source = f"refitted on the validation split with {views} views"
+    predicted, lower, upper, verdicts, scans = _predict_samples(
+        model,
+        dataset,
+        samples,
+        device,
+        views,
+        calibration,
+        coverage,
+        threshold,
+        progress,
+        "evaluate",
+    )
     true = targets_of(samples)
     covered = empirical_coverage(lower, upper, true)
     families = sorted({s.family for s in samples})
@@ -155,7 +216,8 @@ def evaluate(
         "scope": scope,
         "holdout_family": holdout_family,
         "families": families,
-        "test_scans": len(by_scan),
+        "test_scans": scans,
+        "views": views,
         "test_wh_bins": bin_counts(samples),
         "max_cases": max_cases,
         "table1": table1(predicted, true, threshold),
@@ -163,11 +225,10 @@ def evaluate(
             "nominal": coverage,
             "empirical": dict(zip(OUTPUT_CLASSES, map(float, covered), strict=True)),
             "half_width": dict(
-                zip(
-                    OUTPUT_CLASSES, map(float, model.calibration.half_widths(coverage)), strict=True
-                )
+                zip(OUTPUT_CLASSES, map(float, calibration.half_widths(coverage)), strict=True)
             ),
-            "calibration_cases": model.calibration.size,
+            "calibration_cases": calibration.size,
+            "calibration": calibration_source,
         },
         "verdicts_wh": verdict_statistics(verdicts, true[:, WH], threshold),
         "per_family": per_family,
