@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,16 @@ def evaluate(
     dataset = QcDatasets(dataset_roots)
     samples = test_samples(dataset, seed=seed, holdout_family=holdout_family, max_cases=max_cases)
     device = next(model.network.parameters()).device
+    predict = partial(
+        _predict_samples,
+        model,
+        dataset,
+        device=device,
+        views=views,
+        coverage=coverage,
+        threshold=threshold,
+        progress=progress,
+    )
     calibration = model.calibration
     calibration_source = "the artifact's (validation split, 1 view)"
     if views > 1:
@@ -130,31 +141,11 @@ def evaluate(
         # same validation split the model was selected and calibrated on.
         excluded = [holdout_family] if holdout_family else []
         val_samples = balanced_split(dataset, "val", seed=seed, exclude_families=excluded)
-        val_predicted, *_ = _predict_samples(
-            model,
-            dataset,
-            val_samples,
-            device,
-            views,
-            calibration,
-            coverage,
-            threshold,
-            progress,
-            "calibrate",
-        )
+        val_predicted, *_ = predict(val_samples, calibration=calibration, description="calibrate")
         calibration = ConformalCalibration.fit(val_predicted, targets_of(val_samples))
         calibration_source = f"refitted on the validation split with {views} views"
-    predicted, lower, upper, verdicts, scans = _predict_samples(
-        model,
-        dataset,
-        samples,
-        device,
-        views,
-        calibration,
-        coverage,
-        threshold,
-        progress,
-        "evaluate",
+    predicted, lower, upper, verdicts, scans = predict(
+        samples, calibration=calibration, description="evaluate"
     )
     true = targets_of(samples)
     covered = empirical_coverage(lower, upper, true)
