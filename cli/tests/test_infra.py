@@ -48,6 +48,11 @@ def test_a_three_broker_cluster_keeps_accepting_acked_writes_with_one_broker_dow
     assert main(["infra", "up", "--brokers", "3", "--no-redis"]) == 0
     print(capsys.readouterr().out)
     try:
+        # `infra up` has just seen it ready; a single 5 s re-check can still miss under load
+        # (an admin request timing out), so the cluster must be ready again within 30 s.
+        deadline = time.monotonic() + 30
+        while not cluster_ready(cluster) and time.monotonic() < deadline:
+            time.sleep(1.0)
         assert cluster_ready(cluster)
         admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers.split(","))
         topic = f"fault-{time.time_ns()}"
