@@ -4,60 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cmrqc_qc_predictor.artifact import QcModel
-from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
 from cmrqc_qc_predictor.data import QcDatasets, balanced_split
+from cmrqc_qc_predictor.devdata import DevDatasetPlan, write_dev_dataset
 from cmrqc_qc_predictor.evaluation import evaluate
-from cmrqc_shared.datasets.splits import QC_TEST, QC_VAL
-from cmrqc_shared.metrics import dice_per_class
-from cmrqc_shared.qcdata.corruptions import dilate, erode, shift
-from cmrqc_shared.qcdata.dataset import QcDatasetWriter, QcSample
-from cmrqc_shared.synth import render_study
 
-
-def _write_dataset(root: Path) -> None:
-    writer = QcDatasetWriter(root)
-    rng = np.random.default_rng(0)
-    for split, seeds in (
-        ("val", range(QC_VAL.start, QC_VAL.start + 3)),
-        ("test", range(QC_TEST.start, QC_TEST.start + 2)),
-    ):
-        for seed in seeds:
-            phase = render_study(seed, phases=("ED",)).phase("ED")
-            scan_id = f"{seed}-ED"
-            writer.write_scan(
-                scan_id,
-                phase.image,
-                phase.labels,
-                phase.pixel_spacing_mm,
-                phase.slice_spacing_mm,
-                phase.affine,
-            )
-            for member, corrupt in enumerate((shift, dilate, erode)):
-                segmentation = corrupt(phase.labels, rng, 1.0)[0]
-                scores = dice_per_class(segmentation, phase.labels).model_dump()
-                sample = QcSample(
-                    sample_id=f"{scan_id}-{member}",
-                    scan_id=scan_id,
-                    seed=seed,
-                    phase="ED",
-                    split=split,
-                    family="corruption",
-                    member=str(member),
-                    true_dsc={name: float(scores[name]) for name in OUTPUT_CLASSES},
-                )
-                writer.write_sample(sample, segmentation)
-            writer.finish_scan(scan_id)
+SMALL_PLAN = DevDatasetPlan(
+    train_subjects=0,
+    val_subjects=2,
+    test_subjects=1,
+    classical_per_scan=1,
+    light_per_scan=2,
+    heavy_per_scan=1,
+    identity_probability=0.0,
+)
+"""The dev dataset's own writer, a few samples per scan of 2 validation and 1 test subject."""
 
 
 def test_evaluate_refits_the_intervals_on_validation_when_views_are_averaged(
     tmp_path: Path, small_model: QcModel
 ) -> None:
     root = tmp_path / "dataset"
-    _write_dataset(root)
+    assert write_dev_dataset(root, SMALL_PLAN, progress=False) > 0
     one = evaluate(small_model, [root], tmp_path / "one", progress=False)
     assert one["views"] == 1
     assert one["coverage"]["calibration_cases"] == small_model.calibration.size

@@ -317,7 +317,7 @@ def format_table1(report: dict[str, Any]) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from cmrqc_qc_predictor.bench import run_bench
+    from cmrqc_qc_predictor.bench import FAST_VIEWS_PREFIX, run_bench
 
     report = run_bench(
         batch=args.batch,
@@ -335,8 +335,8 @@ def _bench(args: argparse.Namespace) -> int:
             f"{device} ({results['device_name']}, {report['threads']} threads, "
             f"OMP_WAIT_POLICY {results['omp_wait_policy']}):"
         )
-        models = [name for name in results if name in ("paper", "fast") or "views" in name]
-        for model in [name for name in models if not name.startswith("ratio")]:
+        models = [name for name in results if name in ("paper", "fast")]
+        for model in models + [name for name in results if name.startswith(FAST_VIEWS_PREFIX)]:
             for key, row in results[model].items():
                 _emit(
                     f"  {model:5} {key:8} prepare {row['prepare_ms']:8.2f} ms  forward "

@@ -57,6 +57,7 @@ from cmrqc_qc_predictor.models import (
     PaperResNet3d,
 )
 from cmrqc_qc_predictor.plots import training_curve_png
+from cmrqc_qc_predictor.predictor import MAX_VIEWS, view_of
 from cmrqc_qc_predictor.scoring import mae_per_class
 from cmrqc_shared.qcdata.dataset import QcSample, bin_counts
 
@@ -203,11 +204,9 @@ def predict_fast_arrays_dihedral(
             crop = torch.from_numpy(crops[start : start + batch]).float().div_(255.0)
             feats = torch.from_numpy(features[start : start + batch])
             total = torch.zeros(len(crop), len(OUTPUT_CLASSES))
-            for turns in range(4):
-                turned = torch.rot90(crop, turns, dims=(-2, -1))
-                for view in (turned, torch.flip(turned, dims=(-1,))):
-                    total += model({"crop": view, "features": feats})
-            outputs.append((total / 8.0).numpy())
+            for view in range(MAX_VIEWS):
+                total += model({"crop": view_of(crop, view), "features": feats})
+            outputs.append((total / MAX_VIEWS).numpy())
     return np.concatenate(outputs).astype(np.float32)
 
 
