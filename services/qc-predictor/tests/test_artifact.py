@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as save_safetensors
@@ -58,3 +59,52 @@ def test_an_incompatible_artifact_is_refused(changes: dict[str, str]) -> None:
     with pytest.raises(ArtifactError) as caught:
         load_artifact(_with_metadata(**changes))
     assert caught.value.reason == "incompatible"
+
+
+def test_view_calibrations_round_trip_and_are_added_without_touching_the_rest() -> None:
+    from cmrqc_qc_predictor.artifact import with_view_calibrations
+    from cmrqc_qc_predictor.conformal import ConformalCalibration
+
+    data = small_fast_artifact(version="v8", half_width=0.05)
+    plain = load_artifact(data)
+    assert plain.view_calibrations == {}
+    assert plain.calibration_for(1) is plain.calibration
+    with pytest.raises(ValueError, match="no interval calibration for 4 views"):
+        plain.calibration_for(4)
+
+    four = ConformalCalibration(np.full((30, 5), 0.02, np.float32))
+    eight = ConformalCalibration(np.full((30, 5), 0.01, np.float32))
+    added = with_view_calibrations(data, {8: eight, 4: four}, {"view_calibrations": {"4": 1}})
+    model = load_artifact(added)
+    assert sorted(model.view_calibrations) == [4, 8]
+    assert model.calibration_for(4).half_widths(0.9).tolist() == pytest.approx([0.02] * 5)
+    assert model.calibration_for(8).half_widths(0.9).tolist() == pytest.approx([0.01] * 5)
+    assert model.calibration_for(1).half_widths(0.9).tolist() == pytest.approx([0.05] * 5)
+    assert model.card["view_calibrations"] == {"4": 1} and model.version == "v8"
+    for (name, a), (_, b) in zip(
+        plain.network.state_dict().items(), model.network.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="2 to 8 views"):
+        with_view_calibrations(data, {9: four}, {})
+
+
+@pytest.mark.parametrize(
+    ("key", "residuals", "reason"),
+    [
+        ("conformal.residuals.views-9", np.full((5, 5), 0.1), "incompatible"),
+        ("conformal.residuals.views-two", np.full((5, 5), 0.1), "incompatible"),
+        ("conformal.residuals.views-2", np.full((5, 3), 0.1), "incompatible"),
+        ("conformal.residuals.views-2", np.full((5, 5), -0.1), "corrupt"),
+    ],
+    ids=["too-many-views", "not-a-number", "wrong-columns", "negative-residuals"],
+)
+def test_a_bad_view_calibration_is_refused(key: str, residuals: np.ndarray, reason: str) -> None:
+    from safetensors.torch import load as load_safetensors
+
+    data = small_fast_artifact()
+    tensors = load_safetensors(data)
+    tensors[key] = torch.from_numpy(residuals.astype(np.float32))
+    with pytest.raises(ArtifactError) as caught:
+        load_artifact(bytes(save_safetensors(tensors, metadata=read_metadata(data))))
+    assert caught.value.reason == reason

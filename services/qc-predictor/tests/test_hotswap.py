@@ -85,3 +85,46 @@ def test_a_published_model_serves_later_records_and_bad_ones_are_refused(
     assert metrics.get_sample_value("cmrqc_qc_models_refused_total", {"reason": "corrupt"}) == 1
     assert metrics.get_sample_value("cmrqc_qc_model_swaps_total") == 1
     assert np.isfinite([r.predicted_dsc.WH for r in results]).all()
+
+
+def _with_views(version: str, seed: int, half_width: float) -> bytes:
+    from cmrqc_qc_predictor.artifact import with_view_calibrations
+    from cmrqc_qc_predictor.conformal import ConformalCalibration
+
+    calibration = ConformalCalibration(np.full((20, 5), half_width, np.float32))
+    return with_view_calibrations(small_fast_artifact(version, seed), {2: calibration}, {})
+
+
+def test_a_service_serving_views_needs_and_uses_a_calibration_for_them(
+    kafka: KafkaSettings, redis_url: str, env_clean: pytest.MonkeyPatch, synth_case
+) -> None:  # type: ignore[no-untyped-def]
+    settings = service_settings(kafka, redis_url, hot_swap=True, views=2)
+    with pytest.raises(ValueError, match="no interval calibration for 2 views"):
+        build_service(settings, model=load_artifact(small_fast_artifact("plain", seed=1)))
+
+    store = open_blob_store(redis_url)
+    event = segmentation_event(store, synth_case.image, synth_case.labels, 0, tag="views")
+    service = build_service(settings, model=load_artifact(_with_views("v1", 1, 0.03)))
+    assert service.watcher is not None
+    thread = threading.Thread(
+        target=service.run, kwargs={"max_records": 1, "timeout_s": 120}, daemon=True
+    )
+    thread.start()
+    with EventPublisher(kafka) as publisher:
+        plain = store.put(small_fast_artifact("ignored", seed=2), MediaType.SAFETENSORS)
+        publisher.publish(_announce(plain, "v2-without-views"))
+        assert wait_for(lambda: len(service.watcher.refused) == 1)  # type: ignore[union-attr]
+        calibrated = store.put(_with_views("ignored", 3, 0.02), MediaType.SAFETENSORS)
+        publisher.publish(_announce(calibrated, "v3"))
+        assert wait_for(lambda: service.watcher.applied_versions == ["v3"])  # type: ignore[union-attr]
+        publisher.publish(event)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    ((reason, message),) = service.watcher.refused
+    assert reason == "incompatible" and "2 views" in message
+    (result,) = read_events(kafka, QcResult, expected=1, timeout_s=30)
+    assert result.views == 2 and result.model.version == "v3"
+    assert result.interval is not None
+    wh = result.predicted_dsc.WH
+    assert pytest.approx(min(wh + 0.02, 1.0), abs=1e-6) == result.interval.upper.WH
+    assert pytest.approx(max(wh - 0.02, 0.0), abs=1e-6) == result.interval.lower.WH

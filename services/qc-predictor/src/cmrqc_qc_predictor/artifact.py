@@ -5,7 +5,10 @@ Layout of an artifact (``.safetensors``; tensors can never run code when loaded)
 * tensors ``model.<name>``: the network's state dict (weights and buffers, e.g. the fast
   model's feature standardisation);
 * tensor ``conformal.residuals``: sorted absolute calibration residuals ``(n, 5)``
-  (``conformal.py``);
+  (``conformal.py``) of the single-view prediction;
+* optional tensors ``conformal.residuals.views-N`` (N in 2..8, fast model only): the same for
+  the prediction averaged over N in-plane views (``predictor.run_network``), so that a service
+  set to serve N views has intervals fitted for N views (``cmrqc calibrate qc``);
 * string metadata: ``format`` (``ARTIFACT_FORMAT``), ``architecture``, ``options`` (JSON of the
   architecture's constructor options), ``input_contract`` (``prepare.INPUT_CONTRACT``),
   ``classes``, ``name``, ``version``, ``created_at`` and ``card`` (JSON: data, seeds, epochs,
@@ -30,13 +33,16 @@ from torch import nn
 
 from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
 from cmrqc_qc_predictor.conformal import ConformalCalibration
-from cmrqc_qc_predictor.models import build_model
+from cmrqc_qc_predictor.models import FAST_ARCHITECTURE, build_model
 from cmrqc_qc_predictor.prepare import INPUT_CONTRACT
 from cmrqc_shared.safetensors_header import read_safetensors_metadata
 
 ARTIFACT_FORMAT = "cmrqc-qc-model-v1"
 MODEL_PREFIX = "model."
 RESIDUALS_KEY = "conformal.residuals"
+VIEW_RESIDUALS_PREFIX = "conformal.residuals.views-"
+MAX_VIEWS = 8
+"""In-plane views of the fast model's crop: rotations by k·90°, each as is and mirrored."""
 
 
 class ArtifactError(ValueError):
@@ -59,6 +65,25 @@ class QcModel:
     options: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
+    view_calibrations: dict[int, ConformalCalibration] = field(default_factory=dict)
+    """Calibrations of the prediction averaged over N > 1 in-plane views, by N."""
+
+    def calibration_for(self, views: int) -> ConformalCalibration:
+        """The calibration of predictions averaged over ``views`` views (1: ``calibration``).
+
+        Raises:
+            ValueError: the artifact has no calibration for that many views.
+        """
+        if views == 1:
+            return self.calibration
+        if views not in self.view_calibrations:
+            fitted = sorted(self.view_calibrations)
+            raise ValueError(
+                f"{self.name} {self.version} has no interval calibration for {views} views "
+                f"(it has one for 1{''.join(f', {n}' for n in fitted)}); "
+                "add one with `cmrqc calibrate qc`"
+            )
+        return self.view_calibrations[views]
 
 
 def artifact_bytes(
@@ -71,6 +96,7 @@ def artifact_bytes(
     options: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,
     created_at: str = "",
+    view_calibrations: dict[int, ConformalCalibration] | None = None,
 ) -> bytes:
     """Serialise a model to the artifact format (bytes of a safetensors file)."""
     tensors = {
@@ -78,6 +104,11 @@ def artifact_bytes(
         for key, value in network.state_dict().items()
     }
     tensors[RESIDUALS_KEY] = torch.from_numpy(np.ascontiguousarray(calibration.residuals))
+    for views, view_calibration in sorted((view_calibrations or {}).items()):
+        _check_views(views)
+        tensors[f"{VIEW_RESIDUALS_PREFIX}{views}"] = torch.from_numpy(
+            np.ascontiguousarray(view_calibration.residuals)
+        )
     metadata = {
         "format": ARTIFACT_FORMAT,
         "architecture": architecture,
@@ -90,6 +121,43 @@ def artifact_bytes(
         "card": json.dumps(card or {}, sort_keys=True),
     }
     return bytes(save_safetensors(tensors, metadata=metadata))
+
+
+def _check_views(views: int) -> None:
+    if not 2 <= views <= MAX_VIEWS:
+        raise ValueError(f"a view calibration is for 2 to {MAX_VIEWS} views, not {views}")
+
+
+def with_view_calibrations(
+    data: bytes, calibrations: dict[int, ConformalCalibration], card_update: dict[str, Any]
+) -> bytes:
+    """The artifact ``data`` with view calibrations added (same count: replaced) and its card's
+    top-level keys updated by ``card_update``; weights and the single-view calibration are
+    kept bit for bit.
+
+    Raises:
+        ArtifactError: ``data`` is not a loadable artifact (``load_artifact``).
+        ValueError: a view count outside 2..8, or an architecture without in-plane views.
+    """
+    model = load_artifact(data)
+    if not _has_views(model.architecture):
+        raise ValueError(f"{model.architecture} has no in-plane crop: views do not apply")
+    for views in calibrations:
+        _check_views(views)
+    metadata = read_metadata(data)
+    card = {**model.card, **card_update}
+    tensors = load_safetensors(data)
+    for views, calibration in calibrations.items():
+        tensors[f"{VIEW_RESIDUALS_PREFIX}{views}"] = torch.from_numpy(
+            np.ascontiguousarray(calibration.residuals)
+        )
+    metadata["card"] = json.dumps(card, sort_keys=True)
+    return bytes(save_safetensors(tensors, metadata=metadata))
+
+
+def _has_views(architecture: str) -> bool:
+    """Whether the architecture's input has an in-plane crop to turn (the fast model)."""
+    return architecture == FAST_ARCHITECTURE
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
@@ -166,6 +234,7 @@ def load_artifact(data: bytes, *, sha256: str | None = None) -> QcModel:
         raise ArtifactError("corrupt", f"bad calibration: {error}") from error
     if calibration.residuals.shape[1] != len(OUTPUT_CLASSES):
         raise ArtifactError("incompatible", "calibration does not have one column per class")
+    view_calibrations = _view_calibrations(tensors, architecture)
     network.eval()
     return QcModel(
         network=network,
@@ -176,7 +245,39 @@ def load_artifact(data: bytes, *, sha256: str | None = None) -> QcModel:
         options=options,
         card=card,
         sha256=sha256,
+        view_calibrations=view_calibrations,
     )
+
+
+def _view_calibrations(
+    tensors: dict[str, torch.Tensor], architecture: str
+) -> dict[int, ConformalCalibration]:
+    """The ``conformal.residuals.views-N`` tensors, checked.
+
+    Raises:
+        ArtifactError: ``incompatible`` for a view count outside 2..8, views on a model
+            without a crop, or a calibration without one column per class; ``corrupt`` for
+            residuals that are not a valid calibration.
+    """
+    found: dict[int, ConformalCalibration] = {}
+    for key, value in tensors.items():
+        if not key.startswith(VIEW_RESIDUALS_PREFIX):
+            continue
+        suffix = key[len(VIEW_RESIDUALS_PREFIX) :]
+        if not suffix.isdigit() or not 2 <= int(suffix) <= MAX_VIEWS:
+            raise ArtifactError("incompatible", f"unknown view calibration {key!r}")
+        if not _has_views(architecture):
+            raise ArtifactError(
+                "incompatible", f"{architecture} has no in-plane views but carries {key!r}"
+            )
+        try:
+            calibration = ConformalCalibration(value.numpy().astype(np.float32))
+        except ValueError as error:
+            raise ArtifactError("corrupt", f"bad calibration {key!r}: {error}") from error
+        if calibration.residuals.shape[1] != len(OUTPUT_CLASSES):
+            raise ArtifactError("incompatible", f"{key!r} does not have one column per class")
+        found[int(suffix)] = calibration
+    return dict(sorted(found.items()))
 
 
 def load_artifact_file(path: Path) -> QcModel:

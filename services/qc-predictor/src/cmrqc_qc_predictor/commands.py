@@ -8,6 +8,9 @@
   with ``--labels FILE`` (``cmrqc rca-labels``) and no ``--artifact`` a model is first trained
   on those labels (Experiment 2: ``--label-field calibrated_dsc|rca_dsc``; ``true_dsc`` is the
   control, the same cases with the truth), then tested against the true Dice;
+* ``cmrqc calibrate qc --artifact A --dataset PATH --views N [--views M …] --out B`` — add
+  interval calibrations for predictions averaged over N in-plane views (fitted on the
+  validation split), so a service can serve N views (``CMRQC_QC_PREDICTOR_VIEWS``);
 * ``cmrqc bench qc [--json]`` — paper vs fast per-case latency, batch 1 and batched;
 * ``cmrqc make-qc-dev-dataset --out PATH`` — the small development dataset (``devdata``);
 * ``cmrqc make-qc-flood-dataset --source PATH --out PATH`` — a companion dataset of flooded
@@ -27,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
 from cmrqc_shared.cliutil import SubParsers, verb_subparsers
 
 PACKAGE_DIR = Path(__file__).parent
@@ -140,12 +144,42 @@ def register(subparsers: SubParsers) -> None:
         "--views",
         type=int,
         default=1,
-        help="fast: average over this many in-plane views (1-8; intervals refitted on val)",
+        help="fast: average over this many in-plane views (1-8; the artifact's intervals for "
+        "that many views, else refitted on val)",
     )
     evaluate.add_argument("--threshold", type=float, default=0.7, help="WH pass threshold")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     _training_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
+
+    calibrate = verb_subparsers(subparsers, "calibrate", "calibrate a model").add_parser(
+        "qc", help="add interval calibrations for N in-plane views to a fast model artifact"
+    )
+    calibrate.add_argument("--artifact", default="builtin", help="builtin or a .safetensors")
+    calibrate.add_argument(
+        "--dataset",
+        type=Path,
+        action="append",
+        required=True,
+        help="the QC dataset folder(s) the model was trained on (their validation split)",
+    )
+    calibrate.add_argument(
+        "--views",
+        type=int,
+        action="append",
+        required=True,
+        help="number of in-plane views to calibrate (2-8, repeatable)",
+    )
+    calibrate.add_argument(
+        "--holdout-family", default=None, help="leave this family out (as the model did)"
+    )
+    calibrate.add_argument(
+        "--out", type=Path, required=True, help="the new artifact (may be the input file)"
+    )
+    calibrate.add_argument("--seed", type=int, default=0, help="the balanced split's seed")
+    calibrate.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object")
+    calibrate.set_defaults(handler=_calibrate)
 
     bench = verb_subparsers(subparsers, "bench", "benchmarks").add_parser(
         "qc", help="paper vs fast per-case latency (batch 1 and batched), CPU and GPU"
@@ -314,6 +348,54 @@ def format_table1(report: dict[str, Any]) -> str:
     )
     lines.append(f"figures: {', '.join(report['figures'].values())}")
     return "\n".join(lines)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from cmrqc_qc_predictor.artifact import BUILTIN_FAST, load_artifact, with_view_calibrations
+    from cmrqc_qc_predictor.data import QcDatasets
+    from cmrqc_qc_predictor.evaluation import fit_view_calibration
+    from cmrqc_qc_predictor.models import FAST_ARCHITECTURE
+
+    _set_threads(args.threads)
+    path = BUILTIN_FAST if args.artifact == "builtin" else Path(args.artifact)
+    data = path.read_bytes()
+    model = load_artifact(data)
+    if model.architecture != FAST_ARCHITECTURE:
+        raise SystemExit(f"cmrqc calibrate qc: {model.architecture} has no in-plane views")
+    if not all(2 <= views <= 8 for views in args.views):
+        raise SystemExit(f"cmrqc calibrate qc: --views must lie in 2..8, got {args.views}")
+    dataset = QcDatasets(args.dataset)
+    calibrations = {}
+    summary: dict[str, Any] = dict(model.card.get("view_calibrations", {}))
+    for views in sorted(set(args.views)):
+        calibration = fit_view_calibration(
+            model,
+            dataset,
+            views,
+            seed=args.seed,
+            holdout_family=args.holdout_family,
+            progress=not args.json,
+        )
+        calibrations[views] = calibration
+        summary[str(views)] = {
+            "split": "val",
+            "cases": calibration.size,
+            "holdout_family": args.holdout_family,
+            "half_width_90": dict(
+                zip(OUTPUT_CLASSES, map(float, calibration.half_widths(0.9)), strict=True)
+            ),
+        }
+    written = with_view_calibrations(data, calibrations, {"view_calibrations": summary})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(written)
+    if args.json:
+        _emit(json.dumps({"artifact": str(args.out), "view_calibrations": summary}))
+    else:
+        for views, row in summary.items():
+            widths = ", ".join(f"{k} {v:.3f}" for k, v in row["half_width_90"].items())
+            _emit(f"{views} views: {row['cases']} validation cases; 90% half-widths {widths}")
+        _emit(f"wrote {args.out}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -98,6 +98,36 @@ def _predict_samples(
     return predicted, lower, upper, verdicts, len(by_scan)
 
 
+def fit_view_calibration(
+    model: QcModel,
+    dataset: QcDatasets,
+    views: int,
+    *,
+    seed: int = 0,
+    holdout_family: str | None = None,
+    progress: bool = True,
+) -> ConformalCalibration:
+    """Split-conformal calibration of the prediction averaged over ``views`` in-plane views,
+    on the balanced validation split (without ``holdout_family``): the split the model was
+    selected and calibrated on for one view."""
+    excluded = [holdout_family] if holdout_family else []
+    samples = balanced_split(dataset, "val", seed=seed, exclude_families=excluded)
+    device = next(model.network.parameters()).device
+    predicted, *_ = _predict_samples(
+        model,
+        dataset,
+        samples,
+        device,
+        views,
+        model.calibration,  # only the intervals depend on it, and they are not used here
+        0.9,
+        DEFAULT_THRESHOLDS["WH"],
+        progress,
+        f"calibrate {views} views",
+    )
+    return ConformalCalibration.fit(predicted, targets_of(samples))
+
+
 def evaluate(
     model: QcModel,
     dataset_roots: Sequence[Path],
@@ -115,7 +145,9 @@ def evaluate(
     """Score ``model`` on the test split; writes the figures to ``out_dir``; returns the report.
 
     ``views`` > 1 averages the fast model over in-plane views (``predictor.run_network``), with
-    the conformal intervals refitted for that many views on the validation split.
+    the artifact's conformal calibration for that many views when it has one (what a service
+    serving that many views uses), else one fitted here on the validation split
+    (``fit_view_calibration``).
 
     Raises:
         FileNotFoundError: no dataset at one of ``dataset_roots``.
@@ -134,15 +166,13 @@ def evaluate(
         threshold=threshold,
         progress=progress,
     )
-    calibration = model.calibration
-    calibration_source = "the artifact's (validation split, 1 view)"
-    if views > 1:
-        # The artifact's intervals are for one view; refit them for this many views on the
-        # same validation split the model was selected and calibrated on.
-        excluded = [holdout_family] if holdout_family else []
-        val_samples = balanced_split(dataset, "val", seed=seed, exclude_families=excluded)
-        val_predicted, *_ = predict(val_samples, calibration=calibration, description="calibrate")
-        calibration = ConformalCalibration.fit(val_predicted, targets_of(val_samples))
+    if views == 1 or views in model.view_calibrations:
+        calibration = model.calibration_for(views)
+        calibration_source = f"the artifact's (validation split, {views} view(s))"
+    else:
+        calibration = fit_view_calibration(
+            model, dataset, views, seed=seed, holdout_family=holdout_family, progress=progress
+        )
         calibration_source = f"refitted on the validation split with {views} views"
     predicted, lower, upper, verdicts, scans = predict(
         samples, calibration=calibration, description="evaluate"

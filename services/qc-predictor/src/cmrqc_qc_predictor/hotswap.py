@@ -10,7 +10,9 @@
   ``ModelPublished`` of the followed model name it downloads the artifact blob (the blob store
   verifies size and sha256), checks that the announced architecture is one this service runs
   and that the artifact's own metadata agrees, and loads it safely (safetensors; never
-  pickle). A corrupt, missing or incompatible artifact is refused: logged, counted in
+  pickle). An artifact without an interval calibration for the number of views this
+  service serves is incompatible too. A corrupt, missing or incompatible artifact is refused:
+  logged, counted in
   ``cmrqc_qc_models_refused_total{reason}``, and the serving model stays.
 
 Exactly-once is the runner's business: a swap changes which model answers later records;
@@ -159,6 +161,7 @@ class ModelWatcher:
             load_published_model
         ),
         poll_timeout_ms: int = 500,
+        views: int = 1,
     ) -> None:
         self.kafka = kafka
         self.model_name = model_name
@@ -168,6 +171,7 @@ class ModelWatcher:
         self.metrics = metrics
         self.loader = loader
         self.poll_timeout_ms = poll_timeout_ms
+        self.views = views
         self.topic = kafka.topic(ModelPublished.TOPIC)
         self._stop = threading.Event()
         self._caught_up = threading.Event()
@@ -263,6 +267,11 @@ class ModelWatcher:
             return
         except Exception as error:  # never let a bad artifact take the service down
             self._refuse("load-failed", f"{event.model_name} {event.version}: {error!r}")
+            return
+        try:
+            model.calibration_for(self.views)
+        except ValueError as error:
+            self._refuse("incompatible", f"{event.model_name} {event.version}: {error}")
             return
         self.slot.stage(model)
         self.applied_versions.append(event.version)

@@ -92,6 +92,7 @@ def build_service(settings: QcPredictorSettings, model: QcModel | None = None) -
         torch.set_num_threads(settings.torch_threads)
     device = select_device(settings.device)
     model = model or load_initial_model(settings.model_source, device)
+    model.calibration_for(settings.views)  # refuse to start without intervals for the views
     producer = ProducerInfo(
         service=SERVICE_NAME, version=__version__, instance=settings.runner.instance_id
     )
@@ -115,6 +116,7 @@ def build_service(settings: QcPredictorSettings, model: QcModel | None = None) -
         coverage=settings.interval_coverage,
         max_batch=settings.max_batch,
         alert_on_uncertain=settings.alert_on_uncertain,
+        views=settings.views,
     )
     ensure_namespaced_topics(settings.kafka, client_id=f"{SERVICE_NAME}-admin")
     watcher = None
@@ -126,6 +128,7 @@ def build_service(settings: QcPredictorSettings, model: QcModel | None = None) -
             blobs=blobs,
             device=device,
             metrics=metrics,
+            views=settings.views,
         )
     logger.info(
         "model loaded",
@@ -135,6 +138,7 @@ def build_service(settings: QcPredictorSettings, model: QcModel | None = None) -
             "architecture": model.architecture,
             "artifact_sha256": model.sha256,
             "device": str(device),
+            "views": settings.views,
         },
     )
     return QcService(runner=runner, processor=processor, slot=slot, watcher=watcher)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from cmrqc_qc_predictor.artifact import QcModel
+from cmrqc_qc_predictor.artifact import MAX_VIEWS, QcModel
 from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
 from cmrqc_qc_predictor.conformal import ConformalCalibration
 from cmrqc_qc_predictor.inputs import case_inputs, collate
@@ -56,10 +56,6 @@ def select_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(preference)
-
-
-MAX_VIEWS = 8
-"""In-plane views of the fast model's crop: rotations by k·90°, each as is and flipped."""
 
 
 def view_of(crop: torch.Tensor, view: int) -> torch.Tensor:
@@ -119,12 +115,14 @@ def predict_cases(
 ) -> list[Prediction]:
     """Predictions for ``cases``, in order (see the module docstring).
 
-    ``views`` > 1 averages the fast model over in-plane views (``run_network``); its
-    intervals then need a ``calibration`` fitted with the same number of views (the
-    artifact's own is for one view and is the default).
+    ``views`` > 1 averages the fast model over in-plane views (``run_network``). The
+    intervals come from ``calibration`` when given (it must have been fitted with the same
+    number of views), else from the artifact's calibration for that many views
+    (``QcModel.calibration_for``).
 
     Raises:
-        ValueError: ``max_batch`` < 1, a threshold for an unknown class, or bad ``views``.
+        ValueError: ``max_batch`` < 1, a threshold for an unknown class, bad ``views``, or no
+            calibration for ``views`` in the artifact when none is given.
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -133,6 +131,7 @@ def predict_cases(
         raise ValueError(f"thresholds for unknown classes: {sorted(unknown)}")
     if not 1 <= views <= MAX_VIEWS:
         raise ValueError(f"views must lie in [1, {MAX_VIEWS}], not {views}")
+    half = (calibration or model.calibration_for(views)).half_widths(coverage)
     device = device or next(model.network.parameters()).device
     results: list[Prediction | None] = [None] * len(cases)
     ready: list[tuple[int, dict[str, torch.Tensor], list[str], float]] = []
@@ -153,7 +152,6 @@ def predict_cases(
             continue
         inputs = case_inputs(model.architecture, prepared)
         ready.append((index, inputs, reasons, (time.perf_counter() - started) * 1000))
-    half = (calibration or model.calibration).half_widths(coverage)
     for start in range(0, len(ready), max_batch):
         chunk = ready[start : start + max_batch]
         started = time.perf_counter()

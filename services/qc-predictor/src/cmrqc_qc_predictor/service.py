@@ -74,6 +74,7 @@ class QcProcessor:
         coverage: float = 0.9,
         max_batch: int = 8,
         alert_on_uncertain: bool = True,
+        views: int = 1,
     ) -> None:
         self.slot = slot
         self.blobs = blobs
@@ -83,6 +84,7 @@ class QcProcessor:
         self.coverage = coverage
         self.max_batch = max_batch
         self.alert_on_uncertain = alert_on_uncertain
+        self.views = views
 
     def handle(self, event: SegmentationReady, ctx: RecordContext) -> list[Output]:
         """Per-record handler (the runner's fallback when a batch fails)."""
@@ -108,6 +110,7 @@ class QcProcessor:
                 thresholds=self.thresholds,
                 coverage=self.coverage,
                 max_batch=self.max_batch,
+                views=self.views,
             )
         )
         outputs = []
@@ -193,11 +196,14 @@ class QcProcessor:
                 name=model.name, version=model.version, artifact_sha256=model.sha256
             ),
             "segmentation_model": event.model,
+            "views": self.views,
             "reasons": decision.reasons,
             "timestamps": timestamps,
             "latency_ms": latency,
         }
-        identity = (event.event_id, model.name, model.version, model.sha256 or "")
+        identity: tuple[str, ...] = (event.event_id, model.name, model.version, model.sha256 or "")
+        if self.views > 1:  # another prediction of the same record by the same model
+            identity = (*identity, f"views-{self.views}")
         result = QcResult.create(derived_from=identity, producer=self.producer, **fields)
         logger.info(
             "qc verdict",

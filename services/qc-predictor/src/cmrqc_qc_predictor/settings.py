@@ -40,6 +40,14 @@ class QcPredictorSettings(ServiceSettings):
         default=0.9, gt=0.0, lt=1.0, description="Nominal coverage of the prediction intervals."
     )
     max_batch: int = Field(default=8, ge=1, description="Most cases per network forward pass.")
+    views: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Average each prediction over this many in-plane views of the fast "
+        "model's crop (less error for that many forward passes); the model must carry an "
+        "interval calibration for it (cmrqc calibrate qc), else it is refused.",
+    )
     device: str = Field(
         default="auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."
     )

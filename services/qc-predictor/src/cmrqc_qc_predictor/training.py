@@ -37,7 +37,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from cmrqc_qc_predictor.artifact import artifact_bytes
+from cmrqc_qc_predictor.artifact import MAX_VIEWS, artifact_bytes
 from cmrqc_qc_predictor.classes import OUTPUT_CLASSES
 from cmrqc_qc_predictor.conformal import ConformalCalibration
 from cmrqc_qc_predictor.data import (
@@ -57,7 +57,7 @@ from cmrqc_qc_predictor.models import (
     PaperResNet3d,
 )
 from cmrqc_qc_predictor.plots import training_curve_png
-from cmrqc_qc_predictor.predictor import MAX_VIEWS, view_of
+from cmrqc_qc_predictor.predictor import view_of
 from cmrqc_qc_predictor.scoring import mae_per_class
 from cmrqc_shared.qcdata.dataset import QcSample, bin_counts
 

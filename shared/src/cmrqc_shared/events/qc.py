@@ -33,6 +33,11 @@ class QcResult(Event):
     thresholds: dict[str, float] = Field(description="Pass threshold per class (DSC).")
     model: ModelInfo
     segmentation_model: ModelInfo | None = None
+    views: int = Field(
+        default=1,
+        ge=1,
+        description="In-plane views of the input the prediction is averaged over (1: one pass).",
+    )
     reasons: list[str] = Field(default_factory=list, description="Why a verdict was forced.")
     timestamps: PipelineTimestamps
     latency_ms: dict[str, float] = Field(
