@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmrqc_qc_predictor.artifact import QcModel, load_artifact_file
+from cmrqc_qc_predictor.artifact import QcModel, load_artifact, load_artifact_file
 from cmrqc_qc_predictor.commands import register
 from cmrqc_qc_predictor.data import QcDatasets, balanced_split
 from cmrqc_qc_predictor.devdata import DevDatasetPlan, write_dev_dataset
@@ -81,6 +81,9 @@ def test_calibrate_adds_view_intervals_that_evaluate_then_uses(
     again = fit_view_calibration(plain, QcDatasets([small_dataset]), 4, progress=False)
     np.testing.assert_array_equal(again.residuals, model.view_calibrations[4].residuals)
     assert model.card["view_calibrations"]["4"]["cases"] == len(validation)
+    assert model.card["view_calibrations"]["4"]["mae"]["WH"] == pytest.approx(
+        float(again.residuals[:, -1].mean())
+    )
 
     four = evaluate(model, [small_dataset], tmp_path / "four", progress=False, views=4)
     assert "artifact's" in four["coverage"]["calibration"]
@@ -90,3 +93,45 @@ def test_calibrate_adds_view_intervals_that_evaluate_then_uses(
     bad = parser.parse_args([*command, "--views", "9", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match=r"2\.\.8"):
         bad.handler(bad)
+    neither = parser.parse_args([*command, "--views", "2"])
+    with pytest.raises(SystemExit, match="--out or --install"):
+        neither.handler(neither)
+
+
+def test_calibrate_install_rewrites_the_builtin_model_and_its_card(
+    tmp_path: Path, small_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cmrqc_qc_predictor import artifact, commands
+
+    from .conftest import small_fast_artifact
+
+    small = load_artifact(small_fast_artifact())
+    source = tmp_path / "plain.safetensors"
+    source.write_bytes(
+        artifact.artifact_bytes(
+            small.network,
+            architecture=small.architecture,
+            calibration=small.calibration,
+            name="qc-predictor",
+            version="v-card",
+            options=small.options,
+            # a real card, so that the Markdown card can be written
+            card=json.loads((artifact.BUILTIN_FAST.parent / "qc-fast.card.json").read_text()),
+        )
+    )
+    builtin = tmp_path / "weights" / "qc-fast.safetensors"
+    builtin.parent.mkdir()
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setattr(artifact, "BUILTIN_FAST", builtin)
+    monkeypatch.setattr(commands, "DOCS_DIR", tmp_path / "docs")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    command = ["calibrate", "qc", "--artifact", str(source), "--dataset", str(small_dataset)]
+    args = parser.parse_args([*command, "--views", "2", "--install", "--json"])
+    assert args.handler(args) == 0
+    installed = load_artifact_file(builtin)
+    assert sorted(installed.view_calibrations) == [2] and installed.version == "v-card"
+    written = json.loads((builtin.parent / "qc-fast.card.json").read_text())
+    assert written["view_calibrations"]["2"]["cases"] == installed.view_calibrations[2].size
+    markdown = (tmp_path / "docs" / "model-card-fast.md").read_text()
+    assert "Averaged over in-plane views" in markdown and "| 2 |" in markdown

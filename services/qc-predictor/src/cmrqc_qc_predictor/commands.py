@@ -174,7 +174,12 @@ def register(subparsers: SubParsers) -> None:
         "--holdout-family", default=None, help="leave this family out (as the model did)"
     )
     calibrate.add_argument(
-        "--out", type=Path, required=True, help="the new artifact (may be the input file)"
+        "--out", type=Path, default=None, help="the new artifact (may be the input file)"
+    )
+    calibrate.add_argument(
+        "--install",
+        action="store_true",
+        help="write it as the builtin fast model (+ card), instead of --out",
     )
     calibrate.add_argument("--seed", type=int, default=0, help="the balanced split's seed")
     calibrate.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -355,7 +360,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     from cmrqc_qc_predictor.data import QcDatasets
     from cmrqc_qc_predictor.evaluation import fit_view_calibration
     from cmrqc_qc_predictor.models import FAST_ARCHITECTURE
+    from cmrqc_qc_predictor.training import model_card_markdown
 
+    if (args.out is None) == (not args.install):
+        raise SystemExit("cmrqc calibrate qc: give either --out or --install")
     _set_threads(args.threads)
     path = BUILTIN_FAST if args.artifact == "builtin" else Path(args.artifact)
     data = path.read_bytes()
@@ -381,20 +389,29 @@ def _calibrate(args: argparse.Namespace) -> int:
             "split": "val",
             "cases": calibration.size,
             "holdout_family": args.holdout_family,
+            "mae": dict(  # the residuals are the absolute errors
+                zip(OUTPUT_CLASSES, map(float, calibration.residuals.mean(axis=0)), strict=True)
+            ),
             "half_width_90": dict(
                 zip(OUTPUT_CLASSES, map(float, calibration.half_widths(0.9)), strict=True)
             ),
         }
     written = with_view_calibrations(data, calibrations, {"view_calibrations": summary})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(written)
+    out = BUILTIN_FAST if args.install else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(written)
+    if args.install:
+        card = load_artifact(written).card
+        card_json = json.dumps(card, indent=2, sort_keys=True) + "\n"
+        (BUILTIN_FAST.parent / "qc-fast.card.json").write_text(card_json)
+        (DOCS_DIR / "model-card-fast.md").write_text(model_card_markdown(card))
     if args.json:
-        _emit(json.dumps({"artifact": str(args.out), "view_calibrations": summary}))
+        _emit(json.dumps({"artifact": str(out), "view_calibrations": summary}))
     else:
         for views, row in summary.items():
             widths = ", ".join(f"{k} {v:.3f}" for k, v in row["half_width_90"].items())
             _emit(f"{views} views: {row['cases']} validation cases; 90% half-widths {widths}")
-        _emit(f"wrote {args.out}")
+        _emit(f"wrote {out}")
     return 0
 
 

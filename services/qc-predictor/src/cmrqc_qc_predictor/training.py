@@ -788,8 +788,31 @@ def model_card_markdown(card: dict[str, Any]) -> str:
     lines += [
         "",
         f"Conformal calibration: {card['conformal']['calibration_cases']} validation cases.",
+        *_view_calibration_lines(card.get("view_calibrations", {})),
         "Test-split figures (Table 1, coverage) come from `cmrqc evaluate qc` and are kept in "
         "the service's docs.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _view_calibration_lines(view_calibrations: dict[str, Any]) -> list[str]:
+    """The card's section on predictions averaged over in-plane views (``cmrqc calibrate qc``)."""
+    if not view_calibrations:
+        return []
+    lines = [
+        "",
+        "## Averaged over in-plane views (`CMRQC_QC_PREDICTOR_VIEWS`)",
+        "",
+        "Interval calibrations for the prediction averaged over N in-plane views of the crop "
+        "(`cmrqc calibrate qc`, on the validation split):",
+        "",
+        "| views | cases | " + " | ".join(f"{c} MAE" for c in OUTPUT_CLASSES) + " | "
+        "WH 90% half-width |",
+        "|---|---|" + "---|" * len(OUTPUT_CLASSES) + "---|",
+    ]
+    for views, row in sorted(view_calibrations.items(), key=lambda item: int(item[0])):
+        mae = row.get("mae", {})
+        cells = " | ".join(f"{mae[c]:.4f}" if c in mae else "—" for c in OUTPUT_CLASSES)
+        lines.append(f"| {views} | {row['cases']} | {cells} | {row['half_width_90']['WH']:.4f} |")
+    return [*lines, ""]
