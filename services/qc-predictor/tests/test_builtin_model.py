@@ -99,3 +99,23 @@ def test_averaging_views_is_the_mean_of_the_turned_crops_and_uses_the_given_inte
         predict_cases(model, [case], views=9)
     with pytest.raises(ValueError, match="view"):
         view_of(batch["crop"], 8)
+
+
+def test_the_committed_fast_model_carries_intervals_for_averaged_views(
+    held_out: tuple[list[Case], np.ndarray],
+) -> None:
+    model = load_artifact_file(BUILTIN_FAST)
+    assert sorted(model.view_calibrations) == [2, 4, 8]
+    assert all(c.size == model.calibration.size for c in model.view_calibrations.values())
+    wh = OUTPUT_CLASSES.index("WH")
+    widths = [model.calibration_for(n).half_widths(0.9)[wh] for n in (1, 2, 4, 8)]
+    assert widths[-1] < widths[0]  # averaged views err less on validation: narrower intervals
+    recorded = model.card["view_calibrations"]["8"]
+    assert recorded["half_width_90"]["WH"] == pytest.approx(float(widths[-1]))
+    assert recorded["mae"]["WH"] < model.card["validation"]["mae"]["WH"]
+    cases, _ = held_out
+    (prediction,) = predict_cases(model, cases[:1], views=8)
+    assert prediction.upper is not None and prediction.lower is not None
+    predicted_wh, half = prediction.dsc["WH"], float(widths[-1])
+    assert prediction.upper["WH"] == pytest.approx(min(predicted_wh + half, 1.0), abs=1e-6)
+    assert prediction.lower["WH"] == pytest.approx(max(predicted_wh - half, 0.0), abs=1e-6)
