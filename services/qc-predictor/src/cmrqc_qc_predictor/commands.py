@@ -100,6 +100,11 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default="", help="artifact version (default: a timestamp)")
 
 
+def _repeatable_views(parser: argparse.ArgumentParser, *, required: bool, help: str) -> None:
+    """``--views N``, repeatable: numbers of in-plane views (``predictor.view_of``)."""
+    parser.add_argument("--views", type=int, action="append", required=required, help=help)
+
+
 def register(subparsers: SubParsers) -> None:
     """Add the QC predictor's subcommands to ``cmrqc``."""
     train = verb_subparsers(subparsers, "train", "train a model").add_parser(
@@ -163,13 +168,7 @@ def register(subparsers: SubParsers) -> None:
         required=True,
         help="the QC dataset folder(s) the model was trained on (their validation split)",
     )
-    calibrate.add_argument(
-        "--views",
-        type=int,
-        action="append",
-        required=True,
-        help="number of in-plane views to calibrate (2-8, repeatable)",
-    )
+    _repeatable_views(calibrate, required=True, help="views to calibrate (2-8, repeatable)")
     calibrate.add_argument(
         "--holdout-family", default=None, help="leave this family out (as the model did)"
     )
@@ -194,11 +193,9 @@ def register(subparsers: SubParsers) -> None:
     bench.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     bench.add_argument("--device", action="append", default=None, help="cpu, cuda (repeatable)")
     bench.add_argument("--artifact", default="builtin", help="fast model artifact")
-    bench.add_argument(
-        "--views",
-        type=int,
-        action="append",
-        default=None,
+    _repeatable_views(
+        bench,
+        required=False,
         help="also time fast averaged over this many in-plane views (2-8, repeatable)",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
