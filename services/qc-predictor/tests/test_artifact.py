@@ -108,3 +108,14 @@ def test_a_bad_view_calibration_is_refused(key: str, residuals: np.ndarray, reas
     with pytest.raises(ArtifactError) as caught:
         load_artifact(bytes(save_safetensors(tensors, metadata=read_metadata(data))))
     assert caught.value.reason == reason
+
+
+def test_a_model_without_in_plane_views_is_told_to_serve_one_view(small_model) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from cmrqc_qc_predictor.models import PAPER_ARCHITECTURE
+
+    paper_like = replace(small_model, architecture=PAPER_ARCHITECTURE)
+    assert paper_like.calibration_for(1) is paper_like.calibration
+    with pytest.raises(ValueError, match="no in-plane views to average"):
+        paper_like.calibration_for(2)

@@ -76,6 +76,11 @@ class QcModel:
         """
         if views == 1:
             return self.calibration
+        if not _has_views(self.architecture):
+            raise ValueError(
+                f"{self.name} {self.version} ({self.architecture}) has no in-plane views to "
+                f"average: serve it with 1 view, not {views}"
+            )
         if views not in self.view_calibrations:
             fitted = sorted(self.view_calibrations)
             raise ValueError(
