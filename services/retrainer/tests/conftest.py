@@ -23,8 +23,9 @@ from cmrqc_shared.synth import render_study
 TINY = FastConfig(stem=4, widths=(8, 8, 8), hidden=8, aux=False)
 
 
-def tiny_model(seed: int = 0, version: str = "initial") -> QcModel:
-    """An untrained tiny fast model (predicts about 0.5 everywhere)."""
+def tiny_model(seed: int = 0, version: str = "initial", views: tuple[int, ...] = ()) -> QcModel:
+    """An untrained tiny fast model (predicts about 0.5 everywhere); ``views``: the averaged
+    view counts it carries interval calibrations for."""
     torch.manual_seed(seed)
     network = FastQcNet(TINY)
     data = artifact_bytes(
@@ -38,6 +39,9 @@ def tiny_model(seed: int = 0, version: str = "initial") -> QcModel:
             "widths": list(TINY.widths),
             "hidden": TINY.hidden,
             "aux": False,
+        },
+        view_calibrations={
+            n: ConformalCalibration(np.full((20, 5), 0.1, np.float32)) for n in views
         },
     )
     return load_artifact(data)

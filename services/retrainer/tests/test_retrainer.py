@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import redis
 
+from cmrqc_qc_predictor.artifact import load_artifact
 from cmrqc_retrainer.labels import LabelStore
 from cmrqc_retrainer.settings import RetrainerSettings
 from cmrqc_retrainer.worker import Retrainer, case_arrays, curve_points
@@ -68,7 +69,7 @@ def test_a_better_challenger_is_promoted_and_announced(
     synthetic_cases: list,  # type: ignore[type-arg]
 ) -> None:
     _fill(store, blobs, synthetic_cases)
-    trainer = Retrainer(SETTINGS, store, registry, blobs, tiny_model())
+    trainer = Retrainer(SETTINGS, store, registry, blobs, tiny_model(views=(2, 8)))
     assert trainer.ready()
     decision = trainer.run_once()
     assert decision is not None and decision.promoted, decision
@@ -79,6 +80,15 @@ def test_a_better_challenger_is_promoted_and_announced(
     (announced,) = read_events(kafka, ModelPublished, expected=1)
     assert announced.version == str(decision.registered_version)
     assert announced.artifact.sha256 == current.artifact.sha256
+    # Calibrated anew for the views the champion could be served with, on the validation labels.
+    promoted = load_artifact(blobs.get(current.artifact))
+    assert sorted(promoted.view_calibrations) == [2, 8]
+    for calibration in promoted.view_calibrations.values():
+        assert calibration.size == promoted.calibration.size
+        assert not np.allclose(calibration.residuals, 0.1)  # not the champion's
+    assert not np.array_equal(
+        promoted.view_calibrations[8].residuals, promoted.calibration.residuals
+    )
     assert not trainer.ready()  # the labels it used are behind the watermark
     assert curve_points(store)[-1]["promoted"] is True
 

@@ -191,22 +191,24 @@ def predict_fast_arrays_dihedral(
     features: NDArray[np.float32],
     batch: int = 64,
     progress: bool = False,
+    views: int = MAX_VIEWS,
 ) -> NDArray[np.float32]:
-    """Predictions (n, 5) of the fast model averaged over the 8 in-plane views of every crop
-    (rotations by k·90°, with and without a flip; Dice does not change under them)."""
+    """Predictions (n, 5) of the fast model averaged over the first ``views`` in-plane views of
+    every crop (``predictor.view_of``: rotations by k·90°, with and without a flip; Dice does
+    not change under them); all 8 by default."""
     from tqdm import tqdm
 
     model.eval()
     outputs = []
     starts = range(0, len(crops), batch)
     with torch.inference_mode():
-        for start in tqdm(starts, desc="teacher, 8 views", unit="batch", disable=not progress):
+        for start in tqdm(starts, desc=f"{views} views", unit="batch", disable=not progress):
             crop = torch.from_numpy(crops[start : start + batch]).float().div_(255.0)
             feats = torch.from_numpy(features[start : start + batch])
             total = torch.zeros(len(crop), len(OUTPUT_CLASSES))
-            for view in range(MAX_VIEWS):
+            for view in range(views):
                 total += model({"crop": view_of(crop, view), "features": feats})
-            outputs.append((total / MAX_VIEWS).numpy())
+            outputs.append((total / views).numpy())
     return np.concatenate(outputs).astype(np.float32)
 
 

@@ -5,8 +5,9 @@ after the watermark and the holdout has ``min_holdout`` cases:
 
 1. Snapshot: the newest ``max_training_labels`` training labels and every holdout label; the
    training labels are split again by series (a different hash) into fit (90 %) and
-   validation (10 %) — validation picks the epoch and calibrates the intervals, so the holdout
-   is used for nothing but the promotion decision.
+   validation (10 %) — validation picks the epoch and calibrates the intervals (for one view
+   and for every averaged view count the champion carries, so that predictors serving N views
+   accept it), so the holdout is used for nothing but the promotion decision.
 2. Champion: the registry's promoted version (its artifact read from the blob store and checked
    against its hash) or, before any promotion, the initial model.
 3. Challenger: a copy of the champion fine-tuned with the QC predictor's own training loop
@@ -43,7 +44,11 @@ from cmrqc_qc_predictor.data import FastArrays, fast_arrays_from_cases
 from cmrqc_qc_predictor.models import FAST_ARCHITECTURE, FastQcNet
 from cmrqc_qc_predictor.prepare import InputError, check_pair, spacing_from_affine
 from cmrqc_qc_predictor.scoring import mae_per_class
-from cmrqc_qc_predictor.training import fit_fast, predict_fast_arrays
+from cmrqc_qc_predictor.training import (
+    fit_fast,
+    predict_fast_arrays,
+    predict_fast_arrays_dihedral,
+)
 from cmrqc_retrainer.labels import LabelledCase, LabelStore
 from cmrqc_retrainer.settings import RetrainerSettings
 from cmrqc_shared.blobs import BlobError, BlobStore
@@ -218,6 +223,17 @@ class Retrainer:
         champion_mae = mae_per_class(champion_predicted, holdout_data.targets)
         challenger_mae = mae_per_class(challenger_predicted, holdout_data.targets)
         calibration = ConformalCalibration.fit(val_predicted, val_data.targets)
+        # Predictors may serve the champion averaged over N views: calibrate the challenger for
+        # every view count the champion carries, or they would refuse it (hot-swap).
+        view_calibrations = {
+            views: ConformalCalibration.fit(
+                predict_fast_arrays_dihedral(
+                    challenger, val_data.crops, val_data.features, views=views
+                ),
+                val_data.targets,
+            )
+            for views in champion.view_calibrations
+        }
         better_by = champion_mae["WH"] - challenger_mae["WH"]
         promote = better_by > settings.promote_margin
         reason = (
@@ -271,6 +287,7 @@ class Retrainer:
             options=champion.options,
             card=card,
             created_at=created.isoformat(timespec="seconds"),
+            view_calibrations=view_calibrations,
         )
         metrics = {f"holdout_mae_{k}": v for k, v in challenger_mae.items()}
         metrics.update({f"champion_holdout_mae_{k}": v for k, v in champion_mae.items()})
