@@ -12,8 +12,7 @@
   and that the artifact's own metadata agrees, and loads it safely (safetensors; never
   pickle). An artifact without an interval calibration for the number of views this
   service serves is incompatible too. A corrupt, missing or incompatible artifact is refused:
-  logged, counted in
-  ``cmrqc_qc_models_refused_total{reason}``, and the serving model stays.
+  logged, counted in ``cmrqc_qc_models_refused_total{reason}``, and the serving model stays.
 
 Exactly-once is the runner's business: a swap changes which model answers later records;
 records already handled are committed (or, if their transaction aborts, handled again by
