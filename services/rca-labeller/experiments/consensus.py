@@ -37,17 +37,12 @@ from cmrqc_rca_labeller.engine import (
     ReferenceBank,
     Transforms,
     _plane_coordinates,
-    find_pose,
-    initial_transforms,
-    optimise,
-    propagate,
-    score,
-    similarity,
-    unseen_segmentation,
+    propagate_and_score,
 )
 from cmrqc_rca_labeller.evaluation import evaluation_cases
 from cmrqc_rca_labeller.paths import default_cache_dir
 from cmrqc_rca_labeller.prepare import PreparedTest, prepare_test, test_to
+from cmrqc_rca_labeller.rca import RcaEstimator
 from cmrqc_rca_labeller.references import load_reference_set
 from cmrqc_shared.datasets.splits import QC_TEST, QC_VAL
 from cmrqc_shared.metrics import dice_per_class
@@ -117,6 +112,7 @@ def main() -> int:
     config = EngineConfig(device="cpu")
     references = load_reference_set(None, 100, cache_dir=default_cache_dir())
     bank = ReferenceBank.build(references.references, config)
+    estimator = RcaEstimator(bank, config)
     split = QC_VAL if args.split == "val" else QC_TEST
     done = set()
     if args.out.exists():
@@ -130,54 +126,12 @@ def main() -> int:
             test = test_to(
                 prepare_test(case.image, case.segmentation, grid_mm=bank.grid_mm), bank.device
             )
-            # the registration, as RcaEstimator.estimate runs it
+            registration = estimator.register(test)  # as RcaEstimator.estimate registers
+            refined, transforms = registration.bank, registration.transforms
+            ranked = registration.similarity.argsort(descending=True)
+            kept = ranked[: config.score_keep].tolist()
             with torch.no_grad():
-                pose = find_pose(test, bank, config)
-                screened = torch.stack(
-                    [
-                        similarity(bank, initial_transforms(bank, pose, s), test, coarse=True)
-                        for s in config.screen_scales
-                    ],
-                    1,
-                )
-            best_ncc, best_scale = screened.max(1)
-            keep = best_ncc.argsort(descending=True)[: config.screen_keep]
-            screened_bank = bank.subset(keep)
-            scale = torch.tensor(config.screen_scales)[best_scale[keep]]
-            transforms = initial_transforms(screened_bank, pose, scale)
-            transforms = optimise(
-                screened_bank,
-                transforms,
-                test,
-                coarse=True,
-                iterations=config.coarse_iterations,
-                stage="affine",
-                config=config,
-            )
-            with torch.no_grad():
-                coarse_ncc = similarity(screened_bank, transforms, test, coarse=True)
-            chosen = coarse_ncc.argsort(descending=True)[: config.refine_keep]
-            refined = screened_bank.subset(chosen)
-            transforms = transforms.select(chosen, screened_bank.plane_indices(chosen))
-            for stage, iterations in (
-                ("slices", config.fine_iterations),
-                ("ffd", config.ffd_iterations),
-            ):
-                transforms = optimise(
-                    refined,
-                    transforms,
-                    test,
-                    coarse=False,
-                    iterations=iterations,
-                    stage=stage,
-                    config=config,
-                )
-            with torch.no_grad():
-                final_ncc = similarity(refined, transforms, test, coarse=False)
-                propagated, covered = propagate(refined, transforms, test)
-                unseen = unseen_segmentation(refined, transforms, test)
-                dice = score(refined, propagated, covered, unseen)
-                kept = final_ncc.argsort(descending=True)[: config.score_keep].tolist()
+                dice = propagate_and_score(refined, transforms, test).dice
                 votes, weight = splat_labels(refined, transforms, test, kept)
             segmentation = test.segmentation[0].argmax(0).numpy().astype(np.uint8)
             row = {

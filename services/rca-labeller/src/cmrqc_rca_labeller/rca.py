@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from cmrqc_rca_labeller.engine import (
     EngineConfig,
     Pose,
     ReferenceBank,
+    Transforms,
     find_pose,
     initial_transforms,
     optimise,
@@ -35,7 +37,7 @@ from cmrqc_rca_labeller.engine import (
     similarity,
     unseen_segmentation,
 )
-from cmrqc_rca_labeller.prepare import prepare_test, test_to
+from cmrqc_rca_labeller.prepare import PreparedTest, prepare_test, test_to
 from cmrqc_rca_labeller.volume import CardiacVolume
 from cmrqc_shared.events import ClassScores, ReferenceScore
 
@@ -109,6 +111,23 @@ class RcaResult:
         }
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A test image registered to the references (``RcaEstimator.register``).
+
+    Attributes:
+        pose: where the pose search found the heart in the test stack.
+        bank: the references taken through the full registration.
+        transforms: their transforms (reference field → test).
+        similarity: each one's image similarity after the last stage (fine-level weighted NCC).
+    """
+
+    pose: Pose
+    bank: ReferenceBank
+    transforms: Transforms
+    similarity: torch.Tensor
+
+
 class RcaEstimator:
     """RCA against one reference bank.
 
@@ -127,6 +146,73 @@ class RcaEstimator:
         self.bank = bank
         self.config = config or EngineConfig()
         self.calibration = calibration
+
+    def register(
+        self,
+        test: PreparedTest,
+        *,
+        max_references: int | None = None,
+        lap: Callable[[str], None] | None = None,
+    ) -> Registration:
+        """Register a prepared test image to the references: pose search, screening, coarse
+        affine, then the best ``refine_keep`` (at most ``max_references``) through the fine
+        stages. ``lap(stage)`` is called after each stage (pose, screen, coarse, slices, ffd)."""
+        config = self.config
+        bank = self.bank
+
+        def done(stage: str) -> None:
+            if lap is not None:
+                lap(stage)
+
+        with torch.no_grad():
+            pose = find_pose(test, bank, config)
+            done("pose")
+            screened = torch.stack(
+                [
+                    similarity(bank, initial_transforms(bank, pose, scale), test, coarse=True)
+                    for scale in config.screen_scales
+                ],
+                1,
+            )  # [K, scales]
+        best_ncc, best_scale = screened.max(1)
+        keep = best_ncc.argsort(descending=True)[: config.screen_keep]
+        screened_bank = bank.subset(keep)
+        scale = torch.tensor(config.screen_scales, device=bank.device)[best_scale[keep]]
+        transforms = initial_transforms(screened_bank, pose, scale)
+        done("screen")
+        transforms = optimise(
+            screened_bank,
+            transforms,
+            test,
+            coarse=True,
+            iterations=config.coarse_iterations,
+            stage="affine",
+            config=config,
+        )
+        with torch.no_grad():
+            coarse_ncc = similarity(screened_bank, transforms, test, coarse=True)
+        done("coarse")
+        refine = min(max_references or config.refine_keep, config.refine_keep)
+        chosen = coarse_ncc.argsort(descending=True)[:refine]
+        refined_bank = screened_bank.subset(chosen)
+        transforms = transforms.select(chosen, screened_bank.plane_indices(chosen))
+        for stage, iterations in (
+            ("slices", config.fine_iterations),
+            ("ffd", config.ffd_iterations),
+        ):
+            transforms = optimise(
+                refined_bank,
+                transforms,
+                test,
+                coarse=False,
+                iterations=iterations,
+                stage=stage,
+                config=config,
+            )
+            done(stage)
+        with torch.no_grad():
+            final_similarity = similarity(refined_bank, transforms, test, coarse=False)
+        return Registration(pose, refined_bank, transforms, final_similarity)
 
     def estimate(
         self,
@@ -164,54 +250,10 @@ class RcaEstimator:
         bank = self.bank
         test = test_to(prepare_test(image, segmentation, grid_mm=bank.grid_mm), bank.device)
         lap("prepare")
+        registration = self.register(test, max_references=max_references, lap=lap)
+        refined_bank, transforms = registration.bank, registration.transforms
+        final_similarity = registration.similarity
         with torch.no_grad():
-            pose = find_pose(test, bank, config)
-            lap("pose")
-            screened = torch.stack(
-                [
-                    similarity(bank, initial_transforms(bank, pose, scale), test, coarse=True)
-                    for scale in config.screen_scales
-                ],
-                1,
-            )  # [K, scales]
-        best_ncc, best_scale = screened.max(1)
-        keep = best_ncc.argsort(descending=True)[: config.screen_keep]
-        screened_bank = bank.subset(keep)
-        scale = torch.tensor(config.screen_scales, device=bank.device)[best_scale[keep]]
-        transforms = initial_transforms(screened_bank, pose, scale)
-        lap("screen")
-        transforms = optimise(
-            screened_bank,
-            transforms,
-            test,
-            coarse=True,
-            iterations=config.coarse_iterations,
-            stage="affine",
-            config=config,
-        )
-        with torch.no_grad():
-            coarse_ncc = similarity(screened_bank, transforms, test, coarse=True)
-        lap("coarse")
-        refine = min(max_references or config.refine_keep, config.refine_keep)
-        chosen = coarse_ncc.argsort(descending=True)[:refine]
-        refined_bank = screened_bank.subset(chosen)
-        transforms = transforms.select(chosen, screened_bank.plane_indices(chosen))
-        for stage, iterations in (
-            ("slices", config.fine_iterations),
-            ("ffd", config.ffd_iterations),
-        ):
-            transforms = optimise(
-                refined_bank,
-                transforms,
-                test,
-                coarse=False,
-                iterations=iterations,
-                stage=stage,
-                config=config,
-            )
-            lap(stage)
-        with torch.no_grad():
-            final_similarity = similarity(refined_bank, transforms, test, coarse=False)
             propagated, covered = propagate(refined_bank, transforms, test)
             unseen = unseen_segmentation(refined_bank, transforms, test)
             dice = score(refined_bank, propagated, covered, unseen)  # [M, 5]
@@ -256,7 +298,7 @@ class RcaEstimator:
             references_screened=bank.size,
             references_registered=len(per_reference),
             seconds=time.perf_counter() - started,
-            pose=pose,
+            pose=registration.pose,
             stage_seconds=stages,
             fields=fields,
             calibrated_dsc=self.calibration.apply(estimated) if self.calibration else None,
