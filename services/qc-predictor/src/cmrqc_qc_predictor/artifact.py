@@ -76,7 +76,7 @@ class QcModel:
         """
         if views == 1:
             return self.calibration
-        if not _has_views(self.architecture):
+        if not has_views(self.architecture):
             raise ValueError(
                 f"{self.name} {self.version} ({self.architecture}) has no in-plane views to "
                 f"average: serve it with 1 view, not {views}"
@@ -110,7 +110,7 @@ def artifact_bytes(
     }
     tensors[RESIDUALS_KEY] = torch.from_numpy(np.ascontiguousarray(calibration.residuals))
     for views, view_calibration in sorted((view_calibrations or {}).items()):
-        _check_views(views)
+        check_view_count(views)
         tensors[f"{VIEW_RESIDUALS_PREFIX}{views}"] = torch.from_numpy(
             np.ascontiguousarray(view_calibration.residuals)
         )
@@ -128,7 +128,12 @@ def artifact_bytes(
     return bytes(save_safetensors(tensors, metadata=metadata))
 
 
-def _check_views(views: int) -> None:
+def check_view_count(views: int) -> None:
+    """Refuse a count of averaged views a calibration cannot be for.
+
+    Raises:
+        ValueError: ``views`` outside 2..``MAX_VIEWS``.
+    """
     if not 2 <= views <= MAX_VIEWS:
         raise ValueError(f"a view calibration is for 2 to {MAX_VIEWS} views, not {views}")
 
@@ -141,17 +146,22 @@ def with_view_calibrations(
     kept bit for bit.
 
     Raises:
-        ArtifactError: ``data`` is not a loadable artifact (``load_artifact``).
+        ArtifactError: ``data`` is not an artifact of this service (``corrupt`` or
+            ``incompatible``, as ``load_artifact``).
         ValueError: a view count outside 2..8, or an architecture without in-plane views.
     """
-    model = load_artifact(data)
-    if not _has_views(model.architecture):
-        raise ValueError(f"{model.architecture} has no in-plane crop: views do not apply")
-    for views in calibrations:
-        _check_views(views)
     metadata = read_metadata(data)
-    card = {**model.card, **card_update}
-    tensors = load_safetensors(data)
+    check_compatible(metadata)
+    architecture = metadata.get("architecture", "")
+    if not has_views(architecture):
+        raise ValueError(f"{architecture} has no in-plane crop: views do not apply")
+    for views in calibrations:
+        check_view_count(views)
+    try:
+        card = {**json.loads(metadata.get("card", "{}")), **card_update}
+        tensors = load_safetensors(data)
+    except Exception as error:  # JSON or safetensors errors: the file is damaged
+        raise ArtifactError("corrupt", f"cannot rewrite the artifact: {error}") from error
     for views, calibration in calibrations.items():
         tensors[f"{VIEW_RESIDUALS_PREFIX}{views}"] = torch.from_numpy(
             np.ascontiguousarray(calibration.residuals)
@@ -160,7 +170,7 @@ def with_view_calibrations(
     return bytes(save_safetensors(tensors, metadata=metadata))
 
 
-def _has_views(architecture: str) -> bool:
+def has_views(architecture: str) -> bool:
     """Whether the architecture's input has an in-plane crop to turn (the fast model)."""
     return architecture == FAST_ARCHITECTURE
 
@@ -271,7 +281,7 @@ def _view_calibrations(
         suffix = key[len(VIEW_RESIDUALS_PREFIX) :]
         if not suffix.isdigit() or not 2 <= int(suffix) <= MAX_VIEWS:
             raise ArtifactError("incompatible", f"unknown view calibration {key!r}")
-        if not _has_views(architecture):
+        if not has_views(architecture):
             raise ArtifactError(
                 "incompatible", f"{architecture} has no in-plane views but carries {key!r}"
             )

@@ -34,7 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmrqc_qc_predictor.artifact import BUILTIN_FAST, QcModel, load_artifact_file
+from cmrqc_qc_predictor.artifact import (
+    BUILTIN_FAST,
+    QcModel,
+    check_view_count,
+    load_artifact_file,
+)
 from cmrqc_qc_predictor.inputs import case_inputs, collate
 from cmrqc_qc_predictor.models import FAST_ARCHITECTURE, PAPER_ARCHITECTURE, PaperResNet3d
 from cmrqc_qc_predictor.predictor import Case, run_network
@@ -280,8 +285,7 @@ def run_bench(
         else:
             runs.append((name, name, os.environ.get("OMP_WAIT_POLICY")))
     for views in fast_views:
-        if not 2 <= views <= 8:
-            raise ValueError(f"fast views must lie in [2, 8], not {views}")
+        check_view_count(views)
     names = ["paper", "fast"] + [f"{FAST_VIEWS_PREFIX}{views}" for views in fast_views]
     for key, name, policy in runs:
         device = torch.device(name)

@@ -353,10 +353,15 @@ def format_table1(report: dict[str, Any]) -> str:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from cmrqc_qc_predictor.artifact import BUILTIN_FAST, load_artifact, with_view_calibrations
+    from cmrqc_qc_predictor.artifact import (
+        BUILTIN_FAST,
+        check_view_count,
+        has_views,
+        load_artifact,
+        with_view_calibrations,
+    )
     from cmrqc_qc_predictor.data import QcDatasets
     from cmrqc_qc_predictor.evaluation import fit_view_calibration
-    from cmrqc_qc_predictor.models import FAST_ARCHITECTURE
     from cmrqc_qc_predictor.training import model_card_markdown
 
     if (args.out is None) == (not args.install):
@@ -365,10 +370,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     path = BUILTIN_FAST if args.artifact == "builtin" else Path(args.artifact)
     data = path.read_bytes()
     model = load_artifact(data)
-    if model.architecture != FAST_ARCHITECTURE:
+    if not has_views(model.architecture):
         raise SystemExit(f"cmrqc calibrate qc: {model.architecture} has no in-plane views")
-    if not all(2 <= views <= 8 for views in args.views):
-        raise SystemExit(f"cmrqc calibrate qc: --views must lie in 2..8, got {args.views}")
+    try:
+        for views in args.views:
+            check_view_count(views)
+    except ValueError as error:
+        raise SystemExit(f"cmrqc calibrate qc: --views must lie in 2..8 ({error})") from error
     dataset = QcDatasets(args.dataset)
     calibrations = {}
     summary: dict[str, Any] = dict(model.card.get("view_calibrations", {}))
@@ -398,7 +406,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(written)
     if args.install:
-        card = load_artifact(written).card
+        card = {**model.card, "view_calibrations": summary}
         card_json = json.dumps(card, indent=2, sort_keys=True) + "\n"
         (BUILTIN_FAST.parent / "qc-fast.card.json").write_text(card_json)
         (DOCS_DIR / "model-card-fast.md").write_text(model_card_markdown(card))
