@@ -134,20 +134,22 @@ def main() -> int:
                 dice = propagate_and_score(refined, transforms, test).dice
                 votes, weight = splat_labels(refined, transforms, test, kept)
             segmentation = test.segmentation[0].argmax(0).numpy().astype(np.uint8)
+            maximum = dict(zip(CLASS_NAMES, dice[kept].max(0).values.tolist(), strict=True))
+            consensus3 = consensus_dice(segmentation, votes, weight, 3)
             row = {
                 "case_id": case.case_id,
                 "family": case.family,
                 "true": truth,
-                "rca": dict(zip(CLASS_NAMES, dice[kept].max(0).values.tolist(), strict=True)),
+                "rca": maximum,
                 "consensus": consensus_dice(segmentation, votes, weight, len(kept)),
-                "consensus3": consensus_dice(segmentation, votes, weight, 3),
+                "consensus3": consensus3,
                 "seconds": time.perf_counter() - started,
             }
             handle.write(json.dumps(row) + "\n")
             handle.flush()
             sys.stdout.write(
-                f"{case.case_id}: true WH {truth['WH']:.3f}, maximum {row['rca']['WH']:.3f}, "
-                f"consensus of 3 {row['consensus3']['WH']:.3f}\n"
+                f"{case.case_id}: true WH {truth['WH']:.3f}, maximum {maximum['WH']:.3f}, "
+                f"consensus of 3 {consensus3['WH']:.3f}\n"
             )
     return 0
 
