@@ -94,15 +94,26 @@ def main() -> int:
     parser.add_argument("--split", choices=("val", "test"), required=True)
     parser.add_argument("--scans", type=int, required=True)
     parser.add_argument("--skip-scans", type=int, default=0)
-    parser.add_argument("--caps", type=float, nargs="+", default=[5.0, 10.0, 20.0])
+    parser.add_argument("--caps", type=float, nargs="*", default=[5.0, 10.0, 20.0])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines (appended)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--same-phase", action="store_true", help="register only references of the same phase"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="an EngineConfig field (int or float), e.g. ffd_control=13; repeatable",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = EngineConfig(device="cpu")
+    overrides: dict[str, float | int] = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name] = type(getattr(EngineConfig(), name))(value)
+    config = EngineConfig(device="cpu", **overrides)  # type: ignore[arg-type]
     references = load_reference_set(None, 100, cache_dir=default_cache_dir())
     bank = ReferenceBank.build(references.references, config)
     estimators = {phase: RcaEstimator(bank, config) for phase in ("ED", "ES")}
