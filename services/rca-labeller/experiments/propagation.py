@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from cmrqc_rca_labeller.engine import (
@@ -84,6 +85,56 @@ def propagate_shape(
     return sampled.argmin(1).to(torch.uint8), covered
 
 
+def _blur(stack: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Gaussian blur in-plane of ``[n, c, rows, cols]``, per channel."""
+    radius = max(1, int(3 * sigma_px))
+    taps = torch.arange(-radius, radius + 1, dtype=stack.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma_px) ** 2)
+    kernel = kernel / kernel.sum()
+    n, c, rows, cols = stack.shape
+    x = stack.reshape(n * c, 1, rows, cols)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return x.reshape(n, c, rows, cols)
+
+
+def propagate_rule(
+    bank: ReferenceBank,
+    transforms: Transforms,
+    test: PreparedTest,
+    reference_images: torch.Tensor,
+    *,
+    sigma_mm: float,
+    beta: float,
+    bins: int = 24,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The segmentation's *rule* carried, not only its shape: per class, the histogram of the
+    test intensities it labelled (near the heart) is learnt, and each reference plane is
+    labelled by that likelihood times the propagated segmentation blurred by ``sigma_mm``
+    (a shape prior, to the power ``beta``). A segmentation that follows the image's
+    intensities re-segments the reference the same way; its errors come along."""
+    seg = test.segmentation[0].permute(1, 0, 2, 3)  # [k, 4, rows, cols]
+    image = test.fine[0, 0]  # [k, rows, cols]
+    sigma_px = sigma_mm / bank.grid_mm
+    prior_test = _blur(seg, sigma_px)
+    near = prior_test[:, 1:].sum(1) > 0.02
+    edges = torch.linspace(-0.25, 1.5, bins + 1)
+    labels = seg.argmax(1)
+    likelihood = torch.ones(4, bins)  # Laplace smoothing
+    index = torch.bucketize(image[near].clamp(-0.25, 1.5), edges[1:-1])
+    likelihood.index_put_((labels[near], index), torch.ones(index.shape), accumulate=True)
+    likelihood = likelihood / likelihood.sum(1, keepdim=True)
+    planes = _plane_coordinates(bank, transforms, "field", test)
+    fractions = _SliceSampler(test.segmentation[0].to(bank.device))(planes)  # [P, 4, F, F]
+    prior = _blur(fractions, sigma_px).clamp_min(1e-4)
+    ref_index = torch.bucketize(reference_images.clamp(-0.25, 1.5), edges[1:-1])  # [P, F, F]
+    log_likelihood = likelihood.log()[:, ref_index].permute(1, 0, 2, 3)  # [P, 4, F, F]
+    posterior = log_likelihood + beta * prior.log()
+    z_test = (planes.z_index + 0.5) * test.slice_spacing_mm
+    covered = (z_test >= 0) & (z_test <= test.extent_mm[0])
+    return posterior.argmax(1).to(torch.uint8), covered
+
+
 def scans(split: str, count: int, skip: int) -> itertools.groupby:  # type: ignore[type-arg]
     cases = evaluation_cases(count, split=QC_VAL if split == "val" else QC_TEST, skip_scans=skip)
     return itertools.groupby(cases, key=lambda case: case.seed)
@@ -97,6 +148,13 @@ def main() -> int:
     parser.add_argument("--caps", type=float, nargs="*", default=[5.0, 10.0, 20.0])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines (appended)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="SIGMA_MM,BETA",
+        help="also score rule transfer (propagate_rule) with these settings; repeatable",
+    )
     parser.add_argument(
         "--same-phase", action="store_true", help="register only references of the same phase"
     )
@@ -148,6 +206,10 @@ def main() -> int:
             registration = estimators[first.phase].register(test)
             refined, transforms = registration.bank, registration.transforms
             kept = registration.similarity.argsort(descending=True)[: config.score_keep]
+            by_id = {r.reference_id: r for r in references.references}
+            reference_images = torch.from_numpy(
+                np.concatenate([by_id[i].image for i in refined.ids])
+            )
             seconds = time.perf_counter() - started
             for case in cases:
                 prepared = test_to(
@@ -162,6 +224,19 @@ def main() -> int:
                         distances = signed_distances(prepared, cap)
                         labels, covered = propagate_shape(refined, transforms, prepared, distances)
                         estimates[f"sdf{cap:g}"] = score(refined, labels, covered, unseen)
+                    for setting in args.rule:
+                        sigma, beta = (float(v) for v in setting.split(","))
+                        labels, covered = propagate_rule(
+                            refined,
+                            transforms,
+                            prepared,
+                            reference_images,
+                            sigma_mm=sigma,
+                            beta=beta,
+                        )
+                        estimates[f"rule{sigma:g},{beta:g}"] = score(
+                            refined, labels, covered, unseen
+                        )
                 true = dice_per_class(case.segmentation, case.truth).model_dump()
                 maxima = {
                     name: dict(zip(CLASS_NAMES, dice[kept].max(0).values.tolist(), strict=True))
