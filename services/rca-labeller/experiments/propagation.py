@@ -1,22 +1,31 @@
-"""Experiment (not part of the service): how the test segmentation is carried between slices.
-
-The engine carries the segmentation onto each reference plane as a blend of the two test
-slices around it (class fractions, linearly weighted, then arg-max). With slices 6-10 mm
-apart that is a crude shape interpolation: where a structure grows or shrinks between two
-slices, half way the blend keeps only what both slices hold. Shape-based interpolation blends
-signed distance maps instead (per class, in-plane, negative inside; the arg-min over classes
-is the label), which moves the boundary half way. This script scores both from the same
-registrations, and also scores the true labels themselves ("truth" family: the estimate's
-ceiling, where the true Dice is 1).
+"""Experiment (not part of the service): what limits the RCA estimate, from one registration.
 
 Registration depends on the image only (the segmentation is carried along, never used to
 place anything), so each scan is registered once and all its segmentations are scored on that
-registration: the ``blend`` estimate equals ``cmrqc evaluate rca``'s case for case.
+registration; the ``blend`` estimate is the engine's own and equals ``cmrqc evaluate rca``'s
+case for case. Besides the evaluation's segmentations, every scan's true labels are scored
+too ("truth" family): the estimate's ceiling, where the true Dice is 1. Variants, all on the
+same registrations unless they change it:
+
+* ``sdfCAP`` (``--caps``): the segmentation carried between test slices as blended signed
+  distance maps (per class, in-plane, clipped to ±CAP mm; the arg-min is the label) instead of
+  blended class fractions: shape-based interpolation, which moves a boundary half way where a
+  structure grows or shrinks between two slices 6-10 mm apart.
+* ``ruleSIGMA,BETA`` (``--rule``): the segmentation's rule instead of its shape: per class, the
+  histogram of the test intensities it labelled, times the propagated segmentation blurred by
+  SIGMA mm to the power BETA, re-labels each reference (``propagate_rule``).
+* ``--same-phase``: only references of the test volume's cardiac phase are registered.
+* ``--set FIELD=VALUE``: any ``EngineConfig`` field (e.g. ``ffd_control=13``).
+
+What came of them, and the rules written before test cases were run, are in the service's
+README and ``docs/preregistration.txt``.
 
 Usage::
 
     uv run python services/rca-labeller/experiments/propagation.py --split val --scans 40 \
         --out out/rca-labeller/propagation-val.jsonl
+    uv run python services/rca-labeller/experiments/propagation.py --split test --scans 160 \
+        --skip-scans 360 --caps 10 --threads 1 --out out/rca-labeller/propagation-test361.jsonl
 """
 
 from __future__ import annotations
