@@ -62,8 +62,10 @@ from cmrqc_shared.topics import ensure_namespaced_topics
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "rca-labeller"
-ALGORITHM_VERSION = "rca-torch-1"
-"""Part of every label's event id: bump when the same inputs would give another estimate."""
+ALGORITHM_VERSION = "rca-torch-2"
+"""Part of every label's event id: bump when the same inputs would give another label — an
+engine or estimator change, or a new committed calibration (``calibrated_dsc``). 2: the
+calibration refitted on 720 QC_VAL cases (2026-11-29)."""
 
 
 def engine_config(settings: RcaLabellerSettings) -> EngineConfig:
