@@ -35,11 +35,11 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from cmrqc_rca_labeller.engine import (
@@ -49,6 +49,8 @@ from cmrqc_rca_labeller.engine import (
     Transforms,
     _plane_coordinates,
     _SliceSampler,
+    covered_planes,
+    gaussian_blur,
     propagate,
     score,
     unseen_segmentation,
@@ -89,22 +91,13 @@ def propagate_shape(
     """As ``engine.propagate``, with signed distances blended instead of class fractions."""
     planes = _plane_coordinates(bank, transforms, "field", test)
     sampled = _SliceSampler(distances.to(bank.device))(planes)  # [P, 4, s, s]
-    z_test = (planes.z_index + 0.5) * test.slice_spacing_mm
-    covered = (z_test >= 0) & (z_test <= test.extent_mm[0])
-    return sampled.argmin(1).to(torch.uint8), covered
+    return sampled.argmin(1).to(torch.uint8), covered_planes(planes, test)
 
 
 def _blur(stack: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """Gaussian blur in-plane of ``[n, c, rows, cols]``, per channel."""
-    radius = max(1, int(3 * sigma_px))
-    taps = torch.arange(-radius, radius + 1, dtype=stack.dtype)
-    kernel = torch.exp(-0.5 * (taps / sigma_px) ** 2)
-    kernel = kernel / kernel.sum()
+    """``engine.gaussian_blur`` of every channel of ``[n, c, rows, cols]``."""
     n, c, rows, cols = stack.shape
-    x = stack.reshape(n * c, 1, rows, cols)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return x.reshape(n, c, rows, cols)
+    return gaussian_blur(stack.reshape(n * c, rows, cols), sigma_px).reshape(n, c, rows, cols)
 
 
 def propagate_rule(
@@ -139,12 +132,11 @@ def propagate_rule(
     ref_index = torch.bucketize(reference_images.clamp(-0.25, 1.5), edges[1:-1])  # [P, F, F]
     log_likelihood = likelihood.log()[:, ref_index].permute(1, 0, 2, 3)  # [P, 4, F, F]
     posterior = log_likelihood + beta * prior.log()
-    z_test = (planes.z_index + 0.5) * test.slice_spacing_mm
-    covered = (z_test >= 0) & (z_test <= test.extent_mm[0])
-    return posterior.argmax(1).to(torch.uint8), covered
+    return posterior.argmax(1).to(torch.uint8), covered_planes(planes, test)
 
 
-def scans(split: str, count: int, skip: int) -> itertools.groupby:  # type: ignore[type-arg]
+def scans(split: str, count: int, skip: int) -> Iterator[tuple[int, Iterator[EvaluationCase]]]:
+    """The evaluation cases, grouped by scan (they come scan by scan)."""
     cases = evaluation_cases(count, split=QC_VAL if split == "val" else QC_TEST, skip_scans=skip)
     return itertools.groupby(cases, key=lambda case: case.seed)
 
@@ -188,6 +180,8 @@ def main() -> int:
         for phase in estimators:
             chosen = [r for r in references.references if r.reference_id.endswith(phase)]
             estimators[phase] = RcaEstimator(ReferenceBank.build(chosen, config), config)
+    reference_by_id = {r.reference_id: r for r in references.references}
+    device = bank.device
     done = set()
     if args.out.exists():
         done = {json.loads(line)["case_id"] for line in args.out.open()}
@@ -208,23 +202,20 @@ def main() -> int:
             cases.append(truth_case)
             if all(case.case_id in done for case in cases):
                 continue
+            tests = [
+                test_to(prepare_test(case.image, case.segmentation, grid_mm=bank.grid_mm), device)
+                for case in cases
+            ]
             started = time.perf_counter()
-            test = test_to(
-                prepare_test(first.image, first.segmentation, grid_mm=bank.grid_mm), bank.device
-            )
-            registration = estimators[first.phase].register(test)
+            registration = estimators[first.phase].register(tests[0])  # the image's alone
             refined, transforms = registration.bank, registration.transforms
             kept = registration.similarity.argsort(descending=True)[: config.score_keep]
-            by_id = {r.reference_id: r for r in references.references}
-            reference_images = torch.from_numpy(
-                np.concatenate([by_id[i].image for i in refined.ids])
-            )
             seconds = time.perf_counter() - started
-            for case in cases:
-                prepared = test_to(
-                    prepare_test(case.image, case.segmentation, grid_mm=refined.grid_mm),
-                    refined.device,
+            if args.rule:
+                reference_images = torch.from_numpy(
+                    np.concatenate([reference_by_id[i].image for i in refined.ids])
                 )
+            for case, prepared in zip(cases, tests, strict=True):
                 with torch.no_grad():
                     unseen = unseen_segmentation(refined, transforms, prepared)
                     labels, covered = propagate(refined, transforms, prepared)

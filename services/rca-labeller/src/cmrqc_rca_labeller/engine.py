@@ -118,22 +118,23 @@ class Pose(NamedTuple):
     score: float
 
 
-def _local_normalise(stack: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """(I − local mean) / local std, per slice of ``[n, rows, cols]`` (Gaussian window)."""
+def gaussian_blur(stack: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Separable Gaussian blur of every slice of ``[n, rows, cols]`` (edges replicated)."""
     radius = max(1, int(3 * sigma_px))
     taps = torch.arange(-radius, radius + 1, dtype=stack.dtype, device=stack.device)
     kernel = torch.exp(-0.5 * (taps / sigma_px) ** 2)
     kernel = kernel / kernel.sum()
+    x = stack[:, None]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return x[:, 0]
 
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        x = x[:, None]
-        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-        x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-        return x[:, 0]
 
-    mean = blur(stack)
+def _local_normalise(stack: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """(I − local mean) / local std, per slice of ``[n, rows, cols]`` (Gaussian window)."""
+    mean = gaussian_blur(stack, sigma_px)
     centred = stack - mean
-    std = blur(centred**2).clamp_min(0).sqrt()
+    std = gaussian_blur(centred**2, sigma_px).clamp_min(0).sqrt()
     return centred / (std + 0.05 * std.mean() + 1e-6)
 
 
@@ -749,9 +750,13 @@ def propagate(
     arg-max of the warped class fractions) and which planes the test stack covers ``[P]``."""
     planes = _plane_coordinates(bank, transforms, "field", test)
     fractions = _SliceSampler(test.segmentation[0].to(bank.device))(planes)  # [P, 4, s, s]
+    return fractions.argmax(1).to(torch.uint8), covered_planes(planes, test)
+
+
+def covered_planes(planes: _Planes, test: PreparedTest) -> torch.Tensor:
+    """Which reference planes ``[P]`` land inside the test stack along the long axis."""
     z_test = (planes.z_index + 0.5) * test.slice_spacing_mm
-    covered = (z_test >= 0) & (z_test <= test.extent_mm[0])
-    return fractions.argmax(1).to(torch.uint8), covered
+    return (z_test >= 0) & (z_test <= test.extent_mm[0])
 
 
 def score(
