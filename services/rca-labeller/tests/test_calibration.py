@@ -11,6 +11,7 @@ import pytest
 from cmrqc_rca_labeller.calibration import (
     BUILTIN_CALIBRATION,
     CLASSES,
+    JOINT_FEATURES,
     RcaCalibration,
     calibration_for,
     isotonic_knots,
@@ -39,11 +40,79 @@ def test_a_correction_fitted_on_one_sample_lowers_the_error_on_another() -> None
     true_new, raw_new = _biased(2)
     arrays = {name: raw_fit for name in CLASSES}, {name: true_fit for name in CLASSES}
     calibration = RcaCalibration.fit(*arrays, reference_set="abc", fitted_on="test data")
-    corrected = calibration.apply_values("WH", raw_new)
+    corrected = calibration.apply_arrays({name: raw_new for name in CLASSES})["WH"]
     assert np.abs(corrected - true_new).mean() < 0.5 * np.abs(raw_new - true_new).mean()
     # monotone: the order of cases (the priority queue's) is kept
     order = np.argsort(raw_new)
     assert np.all(np.diff(corrected[order]) >= -1e-12)
+
+
+def _coupled(seed: int, n: int = 600) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Raw maxima and true Dice where a class's truth also depends on the other classes'
+    maxima: the WH maximum over-estimates more when the RV maximum is poor (as with classical
+    segmentations whose RV fails while the LV lands well on some reference)."""
+    rng = np.random.default_rng(seed)
+    true_lv, true_rvc = rng.uniform(0.2, 1.0, n), rng.uniform(0.2, 1.0, n)
+    true_lvm = np.clip(true_lv - rng.uniform(0.0, 0.2, n), 0, 1)
+    true_wh = (true_lv + true_lvm + true_rvc) / 3
+    raw = {
+        "BG": np.clip(0.98 + 0.02 * true_wh + rng.normal(0, 0.002, n), 0, 1),
+        "LV": np.clip(0.1 + 0.8 * true_lv + rng.normal(0, 0.02, n), 0, 1),
+        "LVM": np.clip(0.1 + 0.8 * true_lvm + rng.normal(0, 0.02, n), 0, 1),
+        "RVC": np.clip(0.1 + 0.8 * true_rvc + rng.normal(0, 0.02, n), 0, 1),
+    }
+    raw["WH"] = np.clip(0.2 + 0.8 * true_wh + 0.15 * (1 - true_rvc) + rng.normal(0, 0.02, n), 0, 1)
+    true = {"BG": np.clip(0.97 + 0.03 * true_wh, 0, 1), "LV": true_lv, "LVM": true_lvm}
+    true |= {"RVC": true_rvc, "WH": true_wh}
+    return raw, true
+
+
+def test_a_joint_calibration_uses_the_other_classes_and_survives_a_round_trip(
+    tmp_path: Path,
+) -> None:
+    raw_fit, true_fit = _coupled(4)
+    raw_new, true_new = _coupled(5)
+    one = RcaCalibration.fit(raw_fit, true_fit, reference_set="s", fitted_on="x")
+    joint = RcaCalibration.fit(
+        raw_fit, true_fit, reference_set="s", fitted_on="x", features=JOINT_FEATURES
+    )
+    one_error = np.abs(one.apply_arrays(raw_new)["WH"] - true_new["WH"]).mean()
+    joint_error = np.abs(joint.apply_arrays(raw_new)["WH"] - true_new["WH"]).mean()
+    assert joint_error < 0.7 * one_error
+    # BG is not scored jointly: its map reads its own estimate, as in a one-feature fit
+    assert joint.scores is not None and "BG" not in joint.scores
+    np.testing.assert_allclose(joint.apply_arrays(raw_new)["BG"], one.apply_arrays(raw_new)["BG"])
+
+    path = tmp_path / "joint.json"
+    joint.save(path)
+    loaded = RcaCalibration.load(path)
+    assert loaded == joint
+    case = ClassScores(BG=0.99, LV=0.8, LVM=0.6, RVC=0.4, WH=0.7)
+    assert loaded.apply(case) == joint.apply(case)
+    # the RV maximum moves the WH estimate even at the same WH maximum
+    better_rv = case.model_copy(update={"RVC": 0.9})
+    assert joint.apply(better_rv).WH > joint.apply(case).WH
+    assert one.apply(better_rv).WH == one.apply(case).WH
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"features": ["LV", "XX*WH"]}, "names no class"),
+        ({"scores": {"WH": {"weights": [1.0], "intercept": 0.0}}}, "does not match"),
+    ],
+)
+def test_a_malformed_joint_calibration_is_refused(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    raw, true = _coupled(6)
+    data = RcaCalibration.fit(
+        raw, true, reference_set="s", fitted_on="x", features=JOINT_FEATURES
+    ).to_json()
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(data | change))
+    with pytest.raises(ValueError, match=message):
+        RcaCalibration.load(path)
 
 
 def test_a_calibration_applies_only_to_its_own_reference_set(tmp_path: Path) -> None:

@@ -1,18 +1,25 @@
-"""A monotone correction of the raw RCA estimate, fitted on QC_VAL, never on the test split.
+"""A correction of the raw RCA estimate, fitted on QC_VAL, never on the test split.
 
 The maximum over references is biased in a way that depends on the true Dice: a bad
 segmentation can still land reasonably on *some* reference (over-estimate), and a perfect one
 never scores 1 against another subject's anatomy (under-estimate). Per class, a monotone
-piecewise-linear map from raw estimate to true Dice removes that bias: isotonic regression
-(pool-adjacent-violators) on the validation cases, its block means as knots, linear in between,
-flat beyond the ends. Monotone, so the ranking of cases — what the priority queue and the
-retrainer's balancing use — never changes.
+piecewise-linear map removes that bias: isotonic regression (pool-adjacent-violators) on the
+validation cases, its block means as knots, linear in between, flat beyond the ends.
+
+What the map reads is the class's *score*. In a one-feature calibration the score is the
+class's own raw estimate, so the ranking of cases never changes. A joint calibration
+(``fit(..., features=JOINT_FEATURES)``) first forms, per class, a least-squares linear score
+from all four foreground maxima, their squares and pairwise products, then maps that score
+isotonically: the maxima of the other classes carry information about this one (a poor RV
+maximum with a good LV maximum is a different case from two middling ones), and on QC_VAL the
+joint score lowers the error of every class. BG keeps its own one-feature map.
 
 A calibration belongs to one reference set (its content hash) and one engine configuration:
 ``apply`` is only used when the hash matches, otherwise the raw estimate is published as is.
 
-``cmrqc evaluate rca --split val --fit-calibration FILE`` writes one; the committed
-``calibration/synthetic-k100.json`` is fitted that way on the default synthetic set.
+``cmrqc evaluate rca --split val --fit-calibration FILE [--joint-calibration]`` writes one;
+the committed ``calibration/synthetic-k100.json`` is fitted that way on the default synthetic
+set (see ``docs/preregistration.txt`` for which form and why).
 """
 
 from __future__ import annotations
@@ -30,6 +37,44 @@ from cmrqc_shared.events import ClassScores
 
 CLASSES = CLASS_NAMES
 BUILTIN_CALIBRATION = Path(__file__).parent / "calibration" / "synthetic-k100.json"
+
+JOINT_FEATURES: tuple[str, ...] = (
+    "LV",
+    "LVM",
+    "RVC",
+    "WH",
+    "LV*LV",
+    "LVM*LVM",
+    "RVC*RVC",
+    "WH*WH",
+    "LV*RVC",
+    "LVM*RVC",
+    "LV*LVM",
+)
+"""The joint score's inputs: raw class estimates and products of two ("A*B")."""
+
+JOINT_CLASSES: tuple[str, ...] = ("LV", "LVM", "RVC", "WH")
+"""The classes a joint calibration scores from ``JOINT_FEATURES``; BG keeps its own value."""
+
+
+def feature_matrix(
+    raw: dict[str, NDArray[np.floating]], features: tuple[str, ...]
+) -> NDArray[np.float64]:
+    """``[cases, features]``: each feature a raw class estimate or a product ("A*B") of two.
+
+    Raises:
+        ValueError: a feature that names no class.
+    """
+    columns = []
+    for feature in features:
+        factors = feature.split("*")
+        if not factors or any(name not in CLASSES for name in factors):
+            raise ValueError(f"calibration feature {feature!r} names no class of {CLASSES}")
+        column = np.ones_like(np.asarray(raw[factors[0]], np.float64))
+        for name in factors:
+            column = column * np.asarray(raw[name], np.float64)
+        columns.append(column)
+    return np.stack(columns, axis=-1)
 
 
 def isotonic_knots(
@@ -71,13 +116,25 @@ def isotonic_knots(
 
 
 @dataclass(frozen=True)
+class LinearScore:
+    """A class's joint score: ``weights`` over the calibration's features, plus ``intercept``."""
+
+    weights: list[float]
+    intercept: float
+
+
+@dataclass(frozen=True)
 class RcaCalibration:
-    """Per-class monotone maps, for one reference set."""
+    """Per-class maps from a score (the raw estimate, or a joint score) to Dice, for one
+    reference set."""
 
     reference_set: str
     knots: dict[str, tuple[list[float], list[float]]]
     fitted_on: str
     cases: int
+    features: tuple[str, ...] = ()
+    scores: dict[str, LinearScore] | None = None
+    """Per class in ``JOINT_CLASSES``: its linear score over ``features``; None: one-feature."""
 
     @classmethod
     def fit(
@@ -87,30 +144,71 @@ class RcaCalibration:
         *,
         reference_set: str,
         fitted_on: str,
+        features: tuple[str, ...] = (),
     ) -> RcaCalibration:
-        """Fit every class of ``CLASSES`` (arrays of raw estimates and true Dice per class)."""
-        knots = {name: isotonic_knots(raw[name], true[name]) for name in CLASSES}
-        return cls(reference_set, knots, fitted_on, len(raw["WH"]))
+        """Fit every class of ``CLASSES`` (arrays of raw estimates and true Dice per class).
 
-    def apply_values(self, name: str, raw: NDArray[np.floating] | float) -> NDArray[np.float64]:
-        xs, ys = self.knots[name]
-        return np.clip(np.interp(raw, xs, ys), 0.0, 1.0)
+        With ``features`` (for example ``JOINT_FEATURES``), each class of ``JOINT_CLASSES``
+        gets a least-squares linear score over them first, and its isotonic map reads that
+        score; without, each class's map reads its own raw estimate.
+        """
+        scores: dict[str, LinearScore] | None = None
+        if features:
+            design = feature_matrix(raw, features)
+            design = np.hstack([design, np.ones((design.shape[0], 1))])
+            scores = {}
+            for name in JOINT_CLASSES:
+                solution, *_ = np.linalg.lstsq(design, np.asarray(true[name], np.float64))
+                scores[name] = LinearScore([float(v) for v in solution[:-1]], float(solution[-1]))
+        provisional = cls(reference_set, {}, fitted_on, len(raw["WH"]), features, scores)
+        inputs = provisional.scores_of(raw)
+        knots = {name: isotonic_knots(inputs[name], true[name]) for name in CLASSES}
+        return cls(reference_set, knots, fitted_on, len(raw["WH"]), features, scores)
+
+    def scores_of(self, raw: dict[str, NDArray[np.floating]]) -> dict[str, NDArray[np.float64]]:
+        """What each class's map reads: its joint score, or its own raw estimate."""
+        design = feature_matrix(raw, self.features) if self.scores else None
+        out: dict[str, NDArray[np.float64]] = {}
+        for name in CLASSES:
+            score = self.scores.get(name) if self.scores else None
+            if score is None or design is None:
+                out[name] = np.asarray(raw[name], np.float64)
+            else:
+                out[name] = design @ np.asarray(score.weights) + score.intercept
+        return out
+
+    def apply_arrays(self, raw: dict[str, NDArray[np.floating]]) -> dict[str, NDArray[np.float64]]:
+        """The corrected estimate of every class, for arrays of cases (raw estimates per class)."""
+        inputs = self.scores_of(raw)
+        return {
+            name: np.clip(np.interp(inputs[name], *self.knots[name]), 0.0, 1.0) for name in CLASSES
+        }
 
     def apply(self, scores: ClassScores) -> ClassScores:
         """The corrected per-class estimate."""
-        values = scores.model_dump()
-        return ClassScores(
-            **{name: float(self.apply_values(name, values[name])) for name in CLASSES}
-        )
+        values = {name: np.array([value]) for name, value in scores.model_dump().items()}
+        corrected = self.apply_arrays(values)
+        return ClassScores(**{name: float(corrected[name][0]) for name in CLASSES})
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "reference_set": self.reference_set,
             "fitted_on": self.fitted_on,
             "cases": self.cases,
             "method": "isotonic (PAV, blocks >= 5 cases), linear between knots",
-            "knots": {name: {"x": xs, "y": ys} for name, (xs, ys) in self.knots.items()},
         }
+        if self.scores:
+            data["method"] = (
+                "per class a least-squares linear score over the features, then isotonic "
+                "(PAV, blocks >= 5 cases) from score to Dice, linear between knots"
+            )
+            data["features"] = list(self.features)
+            data["scores"] = {
+                name: {"weights": score.weights, "intercept": score.intercept}
+                for name, score in self.scores.items()
+            }
+        data["knots"] = {name: {"x": xs, "y": ys} for name, (xs, ys) in self.knots.items()}
+        return data
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +219,8 @@ class RcaCalibration:
         """Read a calibration file.
 
         Raises:
-            ValueError: a malformed file (missing class, knots of different lengths).
+            ValueError: a malformed file (missing class, knots of different lengths, a score
+                whose weights do not match its features, a feature that names no class).
         """
         data = json.loads(path.read_text())
         knots: dict[str, tuple[list[float], list[float]]] = {}
@@ -130,7 +229,23 @@ class RcaCalibration:
             if entry is None or len(entry["x"]) != len(entry["y"]) or not entry["x"]:
                 raise ValueError(f"{path}: no valid knots for {name}")
             knots[name] = ([float(v) for v in entry["x"]], [float(v) for v in entry["y"]])
-        return cls(data["reference_set"], knots, data["fitted_on"], int(data["cases"]))
+        features = tuple(str(f) for f in data.get("features", ()))
+        scores: dict[str, LinearScore] | None = None
+        if "scores" in data:
+            try:
+                feature_matrix({name: np.zeros(1) for name in CLASSES}, features)
+            except ValueError as error:
+                raise ValueError(f"{path}: {error}") from error
+            scores = {}
+            for name, entry in data["scores"].items():
+                if name not in CLASSES or len(entry["weights"]) != len(features):
+                    raise ValueError(f"{path}: the score of {name} does not match the features")
+                scores[name] = LinearScore(
+                    [float(v) for v in entry["weights"]], float(entry["intercept"])
+                )
+        return cls(
+            data["reference_set"], knots, data["fitted_on"], int(data["cases"]), features, scores
+        )
 
 
 def calibration_for(reference_set: str, path: Path | None = None) -> RcaCalibration | None:

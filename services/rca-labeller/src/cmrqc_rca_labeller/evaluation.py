@@ -164,14 +164,20 @@ def _calibrated_summary(
 
 
 def fit_calibration(
-    results: list[CaseResult], *, reference_set: str, fitted_on: str
+    results: list[CaseResult],
+    *,
+    reference_set: str,
+    fitted_on: str,
+    features: tuple[str, ...] = (),
 ) -> RcaCalibration:
-    """The monotone correction of the raw estimate (max over references) on ``results``
-    (validation cases only: a calibration fitted on the test split would be reported on the
-    data it was fitted to)."""
+    """The correction of the raw estimate (max over references) on ``results`` (validation
+    cases only: a calibration fitted on the test split would be reported on the data it was
+    fitted to); ``features``: a joint score first (``calibration.JOINT_FEATURES``)."""
     raw = {name: np.array([r.rca_dsc[name] for r in results]) for name in CLASS_NAMES}
     true = {name: np.array([r.true_dsc[name] for r in results]) for name in CLASS_NAMES}
-    return RcaCalibration.fit(raw, true, reference_set=reference_set, fitted_on=fitted_on)
+    return RcaCalibration.fit(
+        raw, true, reference_set=reference_set, fitted_on=fitted_on, features=features
+    )
 
 
 def read_cases(path: Path) -> list[CaseResult]:
