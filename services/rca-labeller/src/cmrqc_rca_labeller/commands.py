@@ -87,9 +87,10 @@ def register(subparsers: SubParsers) -> None:
     )
     ev.add_argument(
         "--split",
-        choices=("test", "val"),
+        choices=("test", "val", "holdout"),
         default="test",
-        help="QC_TEST (report) or QC_VAL (tune settings without touching the test split)",
+        help="QC_TEST (report), QC_VAL (tune settings without touching the test split) or "
+        "RCA_HOLDOUT (the second held-out range, for preregistered confirmations)",
     )
     ev.add_argument("--corruptions-per-scan", type=int, default=2)
     ev.add_argument("--threshold", type=float, default=0.7, help="WH pass threshold")
@@ -102,7 +103,13 @@ def register(subparsers: SubParsers) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="with --split val: fit the monotone correction of the estimate and write it here",
+        help="with --split val: fit the correction of the estimate and write it here",
+    )
+    ev.add_argument(
+        "--joint-calibration",
+        action="store_true",
+        help="with --fit-calibration: score each class from all four class maxima first "
+        "(the committed calibration's form)",
     )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     _add_reference_options(ev)
@@ -185,7 +192,7 @@ def _rca_labels(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cmrqc_rca_labeller.evaluation import fit_calibration, run_evaluation
-    from cmrqc_shared.datasets.splits import QC_TEST, QC_VAL
+    from cmrqc_shared.datasets.splits import QC_TEST, QC_VAL, RCA_HOLDOUT
 
     if args.fit_calibration and args.split != "val":
         _complain("--fit-calibration needs --split val: never fit on the test split")
@@ -197,15 +204,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         corruptions_per_scan=args.corruptions_per_scan,
         threshold=args.threshold,
-        split=QC_VAL if args.split == "val" else QC_TEST,
+        split={"val": QC_VAL, "test": QC_TEST, "holdout": RCA_HOLDOUT}[args.split],
         skip_scans=args.skip_scans,
     )
     summary = {"reference_set": reference_set.content_hash, **summary}
     if args.fit_calibration:
+        from cmrqc_rca_labeller.calibration import JOINT_FEATURES
+
         calibration = fit_calibration(
             results,
             reference_set=reference_set.content_hash,
             fitted_on=f"QC_VAL, {args.scans} scans, {len(results)} cases",
+            features=JOINT_FEATURES if args.joint_calibration else (),
         )
         calibration.save(args.fit_calibration)
         summary["calibration_written"] = str(args.fit_calibration)
