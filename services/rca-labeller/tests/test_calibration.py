@@ -140,6 +140,8 @@ def test_a_malformed_calibration_file_is_refused(tmp_path: Path) -> None:
 def test_the_committed_calibration_was_fitted_on_validation_cases() -> None:
     calibration = RcaCalibration.load(BUILTIN_CALIBRATION)
     assert calibration.fitted_on.startswith("QC_VAL") and calibration.cases >= 100
+    # the joint form, adopted under docs/preregistration.txt's rule (RCA_HOLDOUT, 2026-11-29)
+    assert calibration.features == JOINT_FEATURES and calibration.scores is not None
     for name in CLASSES:
         xs, ys = calibration.knots[name]
         assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) >= 0)

@@ -245,8 +245,13 @@ def write_scatter_png(
     path: Path,
     summary: dict[str, object],
     split: SeedRange = QC_TEST,
+    field: str = "rca_dsc",
 ) -> Path:
-    """RCA estimate vs true Dice, one panel per class, coloured by segmentation family."""
+    """RCA estimate vs true Dice, one panel per class, coloured by segmentation family.
+
+    ``field``: ``rca_dsc`` (the maximum over references) or ``calibrated_dsc``; ``summary``'s
+    ``mae`` and ``wh_accuracy`` are shown in the titles and should be of that field.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,7 +267,7 @@ def write_scatter_png(
             chosen = [r for r in results if r.family == family]
             axis.scatter(
                 [r.true_dsc[name] for r in chosen],
-                [r.rca_dsc[name] for r in chosen],
+                [getattr(r, field)[name] for r in chosen],
                 s=12,
                 c=colour,
                 alpha=0.75,
@@ -280,10 +285,15 @@ def write_scatter_png(
             title = f"{name}  MAE {mae[name]:.3f}"
         axis.set_title(title)
         axis.set_xlabel("true Dice")
-        axis.set_ylabel("RCA estimate (max over references)")
+        axis.set_ylabel(
+            "calibrated RCA estimate"
+            if field == "calibrated_dsc"
+            else "RCA estimate (max over references)"
+        )
     axes[0].legend(loc="upper left")
     name = "QC_TEST" if split == QC_TEST else f"{split.purpose}/{split.split}"
-    fig.suptitle(f"RCA vs true Dice, {summary['cases']} synthetic segmentations ({name})")
+    what = "calibrated RCA" if field == "calibrated_dsc" else "RCA"
+    fig.suptitle(f"{what} vs true Dice, {summary['cases']} synthetic segmentations ({name})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

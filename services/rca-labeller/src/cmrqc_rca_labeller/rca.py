@@ -92,7 +92,7 @@ class RcaResult:
     stage_seconds: dict[str, float]
     fields: list[ReferenceField]
     calibrated_dsc: ClassScores | None = None
-    """``estimated_dsc`` through the reference set's monotone correction (``calibration``)."""
+    """``estimated_dsc`` through the reference set's correction (``calibration``)."""
     reference_similarity: dict[str, float] = field(default_factory=dict)
     """Each registered reference's image similarity (fine-level weighted NCC) after the last
     stage, by reference id: how well the registration matched the images, independent of
@@ -134,7 +134,7 @@ class RcaEstimator:
     Args:
         bank: the prepared reference set (``ReferenceBank.build``).
         config: engine settings; its ``device`` should match the bank's.
-        calibration: the reference set's monotone correction (``calibration_for``), if any.
+        calibration: the reference set's correction (``calibration_for``), if any.
     """
 
     def __init__(

@@ -39,8 +39,9 @@ class RcaLabel(Event):
     calibrated_dsc: ClassScores | None = Field(
         default=None,
         description=(
-            "estimated_dsc through a monotone correction fitted on a validation split for this "
-            "reference set (absent when the reference set has none)."
+            "estimated_dsc corrected by a calibration fitted on a validation split for this "
+            "reference set: per class a score from the class estimates, then a monotone map "
+            "to Dice (absent when the reference set has none)."
         ),
     )
     top_references: list[ReferenceScore] = Field(default_factory=list)
