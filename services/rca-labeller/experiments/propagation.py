@@ -16,6 +16,10 @@ same registrations unless they change it:
   SIGMA mm to the power BETA, re-labels each reference (``propagate_rule``).
 * ``--same-phase``: only references of the test volume's cardiac phase are registered.
 * ``--set FIELD=VALUE``: any ``EngineConfig`` field (e.g. ``ffd_control=13``).
+* ``--kept``: every row also carries ``kept``, the references the estimate is taken over
+  (most similar first): ``[similarity, Dice BG, LV, LVM, RVC, WH]`` each, and
+  ``blend_top3``, the engine's ``top_k_mean_dsc``: estimators and calibrations other than the
+  maximum can then be studied without registering again.
 
 What came of them, and the rules written before test cases were run, are in the service's
 README and ``docs/preregistration.txt``.
@@ -167,6 +171,11 @@ def main() -> int:
         metavar="FIELD=VALUE",
         help="an EngineConfig field (int or float), e.g. ffd_control=13; repeatable",
     )
+    parser.add_argument(
+        "--kept",
+        action="store_true",
+        help="also write every kept reference's similarity and Dice, and the top-3 mean",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides: dict[str, float | int] = {}
@@ -250,6 +259,15 @@ def main() -> int:
                     "registration_seconds": seconds,
                     **maxima,
                 }
+                if args.kept:
+                    blend = estimates["blend"][kept]
+                    top = blend.sort(0, descending=True).values[: config.top_k].mean(0)
+                    row["blend_top3"] = dict(zip(CLASS_NAMES, top.tolist(), strict=True))
+                    similarity = registration.similarity[kept].tolist()
+                    row["kept"] = [
+                        [round(float(v), 5) for v in [sim, *dice]]
+                        for sim, dice in zip(similarity, blend.tolist(), strict=True)
+                    ]
                 handle.write(json.dumps(row) + "\n")
                 handle.flush()
                 shown = ", ".join(f"{name} {value['WH']:.3f}" for name, value in maxima.items())

@@ -52,11 +52,11 @@ QC_TRAIN = SeedRange("qc-dataset", Split.TRAIN, 20_000, 28_000)
 QC_VAL = SeedRange("qc-dataset", Split.VAL, 28_000, 29_000)
 QC_TEST = SeedRange("qc-dataset", Split.TEST, 29_000, 30_000)
 
-RCA_HOLDOUT = SeedRange("rca-holdout", Split.TEST, 30_000, 31_000)
+RCA_HOLDOUT = SeedRange("rca-holdout", Split.TEST, 30_000, 32_000)
 """A second held-out test range for the RCA labeller's estimator choices, drawn the same way
 as QC_TEST. Added on 2026-11-29, when every QC_TEST scan had been used to judge a
 preregistered rule (``services/rca-labeller/docs/preregistration.txt``); each of its scans is
-evaluated for one rule only."""
+evaluated for one rule only: scans 1-1000 judged the joint calibration, 1001-2000 the next."""
 
 RCA_REFERENCES = SeedRange("rca-references", None, 90_000, 91_000)
 DEMO = SeedRange("demo-and-simulator", None, 100_000, 1_000_000)
