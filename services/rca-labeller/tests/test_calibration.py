@@ -12,9 +12,12 @@ from cmrqc_rca_labeller.calibration import (
     BUILTIN_CALIBRATION,
     CLASSES,
     JOINT_FEATURES,
+    KEPT_FEATURES,
+    STATISTICS,
     RcaCalibration,
     calibration_for,
     isotonic_knots,
+    kept_statistics,
 )
 from cmrqc_rca_labeller.commands import register
 from cmrqc_shared.events import ClassScores
@@ -98,7 +101,7 @@ def test_a_joint_calibration_uses_the_other_classes_and_survives_a_round_trip(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"features": ["LV", "XX*WH"]}, "names no class"),
+        ({"features": ["LV", "XX*WH"]}, "names no class or statistic"),
         ({"scores": {"WH": {"weights": [1.0], "intercept": 0.0}}}, "does not match"),
     ],
 )
@@ -113,6 +116,36 @@ def test_a_malformed_joint_calibration_is_refused(
     path.write_text(json.dumps(data | change))
     with pytest.raises(ValueError, match=message):
         RcaCalibration.load(path)
+
+
+def test_kept_statistics_summarise_the_references_the_estimate_is_taken_over() -> None:
+    dice = np.array(
+        [[0.99, 0.9, 0.8, 0.7, 0.85], [0.98, 0.5, 0.6, 0.9, 0.65], [0.97, 0.7, 0.4, 0.8, 0.75]]
+    )
+    statistics = kept_statistics(dice, np.array([0.8, 0.9, 0.7]), top_k=2)
+    assert set(statistics) == set(STATISTICS) - set(CLASSES)
+    assert statistics["topk:LV"] == pytest.approx(0.8)  # (0.9 + 0.7) / 2, per class
+    assert statistics["topk:RVC"] == pytest.approx(0.85)
+    assert statistics["mean:WH"] == pytest.approx(0.75)
+    assert statistics["sd:WH"] == pytest.approx(np.sqrt(2 / 3) * 0.1)  # population sd
+    assert statistics["similarity:best"] == 0.9
+    assert statistics["similarity:mean"] == pytest.approx(0.8)
+
+
+def test_a_calibration_that_reads_statistics_refuses_to_guess_them() -> None:
+    raw, true = _coupled(7)
+    rng = np.random.default_rng(7)
+    raw |= {name: rng.uniform(0, 1, len(raw["WH"])) for name in STATISTICS if name not in raw}
+    calibration = RcaCalibration.fit(
+        raw, true, reference_set="s", fitted_on="x", features=KEPT_FEATURES
+    )
+    case = ClassScores(BG=0.99, LV=0.8, LVM=0.6, RVC=0.4, WH=0.7)
+    with pytest.raises(ValueError, match="needs"):
+        calibration.apply(case)
+    statistics = {name: 0.5 for name in STATISTICS if name not in CLASSES}
+    assert 0.0 <= calibration.apply(case, statistics).WH <= 1.0
+    with pytest.raises(ValueError, match="names no class or statistic"):
+        RcaCalibration.fit(raw, true, reference_set="s", fitted_on="x", features=("WH*nope",))
 
 
 def test_a_calibration_applies_only_to_its_own_reference_set(tmp_path: Path) -> None:
@@ -140,8 +173,8 @@ def test_a_malformed_calibration_file_is_refused(tmp_path: Path) -> None:
 def test_the_committed_calibration_was_fitted_on_validation_cases() -> None:
     calibration = RcaCalibration.load(BUILTIN_CALIBRATION)
     assert calibration.fitted_on.startswith("QC_VAL") and calibration.cases >= 100
-    # the joint form, adopted under docs/preregistration.txt's rule (RCA_HOLDOUT, 2026-11-29)
-    assert calibration.features == JOINT_FEATURES and calibration.scores is not None
+    # the kept-references form, adopted under docs/preregistration.txt's rules (RCA_HOLDOUT)
+    assert calibration.features == KEPT_FEATURES and calibration.scores is not None
     for name in CLASSES:
         xs, ys = calibration.knots[name]
         assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) >= 0)

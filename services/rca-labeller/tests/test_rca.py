@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from cmrqc_rca_labeller.calibration import CLASSES, STATISTICS, RcaCalibration
 from cmrqc_rca_labeller.engine import EngineConfig, ReferenceBank
 from cmrqc_rca_labeller.rca import RcaEstimator
 from cmrqc_rca_labeller.volume import CardiacVolume
@@ -67,6 +68,40 @@ def test_the_estimate_is_taken_over_the_best_registered_references(
     most_similar = max(single.reference_similarity, key=single.reference_similarity.__getitem__)
     assert single.estimated_dsc.WH == dsc[most_similar].WH < every.estimated_dsc.WH
     assert gated.estimated_dsc.WH <= every.estimated_dsc.WH
+
+
+def test_the_kept_references_statistics_feed_a_calibration_that_reads_them(
+    small_bank: ReferenceBank, fast_config: EngineConfig, scan: tuple[CardiacVolume, np.ndarray]
+) -> None:
+    image, truth = scan
+    bad, _ = erode(truth, np.random.default_rng(5), 0.6)
+    config = replace(fast_config, score_keep=3, top_k=2)
+    plain = RcaEstimator(small_bank, config).estimate(image, bad)
+    statistics = plain.kept_statistics
+    kept = sorted(plain.reference_similarity, key=plain.reference_similarity.__getitem__)[-3:]
+    wh = sorted(r.dsc.WH for r in plain.per_reference if r.reference_id in kept)
+    assert statistics["topk:WH"] == pytest.approx(plain.top_k_mean_dsc.WH, abs=1e-6)
+    assert statistics["topk:WH"] == pytest.approx(np.mean(wh[-2:]), abs=1e-6)
+    assert statistics["mean:WH"] == pytest.approx(np.mean(wh), abs=1e-6)
+    assert statistics["sd:WH"] == pytest.approx(np.std(wh), abs=1e-6)
+    assert statistics["similarity:best"] == pytest.approx(
+        max(plain.reference_similarity[i] for i in kept), abs=1e-6
+    )
+
+    # a calibration whose WH score is the LV spread alone (here about 0.1, where the maximum is
+    # about 0.9): the estimator must hand it the spread
+    rng = np.random.default_rng(0)
+    raw = {name: rng.uniform(0, 1, 200) for name in STATISTICS}
+    true = {name: np.clip(raw[name] + 0.01, 0, 1) for name in CLASSES}
+    true["WH"] = raw["sd:LV"]
+    calibration = RcaCalibration.fit(
+        raw, true, reference_set="any", fitted_on="x", features=("sd:LV",)
+    )
+    calibrated = RcaEstimator(small_bank, config, calibration).estimate(image, bad)
+    assert calibrated.calibrated_dsc is not None
+    assert statistics["sd:LV"] > 0.05
+    assert abs(calibrated.calibrated_dsc.WH - statistics["sd:LV"]) < 0.03
+    assert calibrated.estimated_dsc == plain.estimated_dsc
 
 
 def test_rca_of_a_badly_corrupted_segmentation_scores_low(

@@ -12,12 +12,15 @@ class's own raw estimate, so the ranking of cases never changes. A joint calibra
 from all four foreground maxima, their squares and pairwise products, then maps that score
 isotonically: the maxima of the other classes carry information about this one (a poor RV
 maximum with a good LV maximum is a different case from two middling ones), and on QC_VAL the
-joint score lowers the error of every class. BG keeps its own one-feature map.
+joint score lowers the error of every class. BG keeps its own one-feature map. With
+``KEPT_FEATURES`` the score also reads what the kept references say besides their maximum
+(``kept_statistics``: top-k mean, mean, spread, image similarity): two segmentations with the
+same maximum, one matched by a single reference and one by all eight, are not equally good.
 
 A calibration belongs to one reference set (its content hash) and one engine configuration:
 ``apply`` is only used when the hash matches, otherwise the raw estimate is published as is.
 
-``cmrqc evaluate rca --split val --fit-calibration FILE [--joint-calibration]`` writes one;
+``cmrqc evaluate rca --split val --fit-calibration FILE [--calibration-form F]`` writes one;
 the committed ``calibration/synthetic-k100.json`` is fitted that way on the default synthetic
 set (see ``docs/preregistration.txt`` for which form and why).
 """
@@ -54,22 +57,76 @@ JOINT_FEATURES: tuple[str, ...] = (
 """The joint score's inputs: raw class estimates and products of two ("A*B")."""
 
 JOINT_CLASSES: tuple[str, ...] = ("LV", "LVM", "RVC", "WH")
-"""The classes a joint calibration scores from ``JOINT_FEATURES``; BG keeps its own value."""
+"""The classes a joint calibration scores from its features; BG keeps its own value."""
+
+KEPT_FEATURES: tuple[str, ...] = (
+    JOINT_FEATURES
+    + tuple(f"topk:{name}" for name in JOINT_CLASSES)
+    + tuple(f"mean:{name}" for name in JOINT_CLASSES)
+    + tuple(f"sd:{name}" for name in JOINT_CLASSES)
+    + ("similarity:best", "similarity:mean")
+)
+"""``JOINT_FEATURES`` and what the kept references say besides their maximum (``kept_statistics``):
+per class the top-k mean, the mean and the spread, and how similar the references are."""
+
+CALIBRATION_FORMS: dict[str, tuple[str, ...]] = {
+    "one-feature": (),
+    "maxima": JOINT_FEATURES,
+    "kept": KEPT_FEATURES,
+}
+"""``--calibration-form``: the features each form's score reads (none: each class alone)."""
+
+STATISTICS: tuple[str, ...] = (
+    tuple(CLASSES)
+    + tuple(f"{kind}:{name}" for kind in ("topk", "mean", "sd") for name in CLASSES)
+    + ("similarity:best", "similarity:mean")
+)
+"""What a feature may name: a class (its maximum over the kept references, the raw estimate),
+or one of ``kept_statistics``."""
+
+
+def kept_statistics(
+    dice: NDArray[np.floating], similarity: NDArray[np.floating], top_k: int
+) -> dict[str, float]:
+    """What a calibration may read of the references the estimate is taken over, besides the
+    maximum: per class the mean of the ``top_k`` best (``topk:``), the mean (``mean:``) and the
+    population standard deviation (``sd:``) over all of them; the image similarity after
+    registration of the most similar (``similarity:best``) and its mean (``similarity:mean``).
+
+    Args:
+        dice: ``[references, 5]`` Dice per class (``CLASSES`` order) of the kept references.
+        similarity: ``[references]`` their image similarity after registration.
+    """
+    dice = np.asarray(dice, np.float64)
+    similarity = np.asarray(similarity, np.float64)
+    top = -np.sort(-dice, axis=0)[: max(1, min(top_k, dice.shape[0]))].mean(0)
+    out: dict[str, float] = {}
+    for index, name in enumerate(CLASSES):
+        out[f"topk:{name}"] = float(top[index])
+        out[f"mean:{name}"] = float(dice[:, index].mean())
+        out[f"sd:{name}"] = float(dice[:, index].std())
+    out["similarity:best"] = float(similarity.max())
+    out["similarity:mean"] = float(similarity.mean())
+    return out
 
 
 def feature_matrix(
     raw: dict[str, NDArray[np.floating]], features: tuple[str, ...]
 ) -> NDArray[np.float64]:
-    """``[cases, features]``: each feature a raw class estimate or a product ("A*B") of two.
+    """``[cases, features]``: each feature a statistic (``STATISTICS``: a class name is its raw
+    estimate) or a product ("A*B") of two.
 
     Raises:
-        ValueError: a feature that names no class.
+        ValueError: a feature that names no statistic, or a statistic ``raw`` lacks.
     """
     columns = []
     for feature in features:
         factors = feature.split("*")
-        if not factors or any(name not in CLASSES for name in factors):
-            raise ValueError(f"calibration feature {feature!r} names no class of {CLASSES}")
+        if any(name not in STATISTICS for name in factors):
+            raise ValueError(f"calibration feature {feature!r} names no class or statistic")
+        missing = [name for name in factors if name not in raw]
+        if missing:
+            raise ValueError(f"calibration feature {feature!r} needs {missing}, not given")
         column = np.ones_like(np.asarray(raw[factors[0]], np.float64))
         for name in factors:
             column = column * np.asarray(raw[name], np.float64)
@@ -146,9 +203,10 @@ class RcaCalibration:
         fitted_on: str,
         features: tuple[str, ...] = (),
     ) -> RcaCalibration:
-        """Fit every class of ``CLASSES`` (arrays of raw estimates and true Dice per class).
+        """Fit every class of ``CLASSES`` (arrays of raw estimates and true Dice per class;
+        ``raw`` also holds the ``kept_statistics`` that ``features`` name, case by case).
 
-        With ``features`` (for example ``JOINT_FEATURES``), each class of ``JOINT_CLASSES``
+        With ``features`` (``JOINT_FEATURES``, ``KEPT_FEATURES``), each class of ``JOINT_CLASSES``
         gets a least-squares linear score over them first, and its isotonic map reads that
         score; without, each class's map reads its own raw estimate.
         """
@@ -178,15 +236,22 @@ class RcaCalibration:
         return out
 
     def apply_arrays(self, raw: dict[str, NDArray[np.floating]]) -> dict[str, NDArray[np.float64]]:
-        """The corrected estimate of every class, for arrays of cases (raw estimates per class)."""
+        """The corrected estimate of every class, for arrays of cases (raw estimates per class,
+        and the statistics the features name)."""
         inputs = self.scores_of(raw)
         return {
             name: np.clip(np.interp(inputs[name], *self.knots[name]), 0.0, 1.0) for name in CLASSES
         }
 
-    def apply(self, scores: ClassScores) -> ClassScores:
-        """The corrected per-class estimate."""
+    def apply(self, scores: ClassScores, statistics: dict[str, float] | None = None) -> ClassScores:
+        """The corrected per-class estimate; ``statistics``: ``kept_statistics`` of the same
+        estimate, which a calibration with such features needs.
+
+        Raises:
+            ValueError: the calibration reads a statistic that was not given.
+        """
         values = {name: np.array([value]) for name, value in scores.model_dump().items()}
+        values |= {name: np.array([value]) for name, value in (statistics or {}).items()}
         corrected = self.apply_arrays(values)
         return ClassScores(**{name: float(corrected[name][0]) for name in CLASSES})
 
@@ -233,7 +298,7 @@ class RcaCalibration:
         scores: dict[str, LinearScore] | None = None
         if "scores" in data:
             try:
-                feature_matrix({name: np.zeros(1) for name in CLASSES}, features)
+                feature_matrix({name: np.zeros(1) for name in STATISTICS}, features)
             except ValueError as error:
                 raise ValueError(f"{path}: {error}") from error
             scores = {}

@@ -106,10 +106,11 @@ def register(subparsers: SubParsers) -> None:
         help="with --split val: fit the correction of the estimate and write it here",
     )
     ev.add_argument(
-        "--joint-calibration",
-        action="store_true",
-        help="with --fit-calibration: score each class from all four class maxima first "
-        "(the committed calibration's form)",
+        "--calibration-form",
+        choices=("one-feature", "maxima", "kept"),
+        default="kept",
+        help="with --fit-calibration: each class from its own maximum, from all four class "
+        "maxima, or also from the kept references' spread and similarity (the committed form)",
     )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     _add_reference_options(ev)
@@ -209,13 +210,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     summary = {"reference_set": reference_set.content_hash, **summary}
     if args.fit_calibration:
-        from cmrqc_rca_labeller.calibration import JOINT_FEATURES
+        from cmrqc_rca_labeller.calibration import CALIBRATION_FORMS
 
         calibration = fit_calibration(
             results,
             reference_set=reference_set.content_hash,
             fitted_on=f"QC_VAL, {args.scans} scans, {len(results)} cases",
-            features=JOINT_FEATURES if args.joint_calibration else (),
+            features=CALIBRATION_FORMS[args.calibration_form],
         )
         calibration.save(args.fit_calibration)
         summary["calibration_written"] = str(args.fit_calibration)

@@ -109,6 +109,8 @@ class CaseResult:
     references: list[dict[str, object]] | None = None
     """Every registered reference: id, image similarity after registration, per-class Dice
     (to study estimators other than the maximum without re-running the registrations)."""
+    kept_statistics: dict[str, float] | None = None
+    """``RcaResult.kept_statistics``: what a calibration may read besides the maximum."""
 
 
 def _mae(results: list[CaseResult], field: str) -> dict[str, float]:
@@ -174,6 +176,11 @@ def fit_calibration(
     cases only: a calibration fitted on the test split would be reported on the data it was
     fitted to); ``features``: a joint score first (``calibration.JOINT_FEATURES``)."""
     raw = {name: np.array([r.rca_dsc[name] for r in results]) for name in CLASS_NAMES}
+    if results and all(r.kept_statistics for r in results):
+        raw |= {
+            name: np.array([r.kept_statistics[name] for r in results if r.kept_statistics])
+            for name in results[0].kept_statistics or {}
+        }
     true = {name: np.array([r.true_dsc[name] for r in results]) for name in CLASS_NAMES}
     return RcaCalibration.fit(
         raw, true, reference_set=reference_set, fitted_on=fitted_on, features=features
@@ -225,6 +232,7 @@ def run_evaluation(
                     }
                     for reference in estimate.per_reference
                 ],
+                kept_statistics=estimate.kept_statistics,
             )
         )
     summary = summarise(results, threshold)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from cmrqc_rca_labeller.calibration import RcaCalibration
+from cmrqc_rca_labeller.calibration import RcaCalibration, kept_statistics
 from cmrqc_rca_labeller.engine import (
     CLASS_NAMES,
     EngineConfig,
@@ -97,6 +97,9 @@ class RcaResult:
     """Each registered reference's image similarity (fine-level weighted NCC) after the last
     stage, by reference id: how well the registration matched the images, independent of
     the segmentation (for analysing estimators other than the maximum)."""
+    kept_statistics: dict[str, float] = field(default_factory=dict)
+    """``calibration.kept_statistics`` of the references the estimate is taken over: what a
+    calibration may read besides the maximum (top-k mean, mean, spread, similarity)."""
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready summary (what ``cmrqc rca`` prints)."""
@@ -290,6 +293,11 @@ class RcaEstimator:
         k = min(config.top_k, scored.shape[0])
         top_mean = scored.sort(0, descending=True).values[:k].mean(0)
         estimated = _scores(scored.max(0).values)
+        statistics = kept_statistics(
+            scored.double().cpu().numpy(),
+            final_similarity[kept].double().cpu().numpy(),
+            config.top_k,
+        )
         result = RcaResult(
             estimated_dsc=estimated,
             top_k_mean_dsc=_scores(top_mean),
@@ -301,11 +309,14 @@ class RcaEstimator:
             pose=registration.pose,
             stage_seconds=stages,
             fields=fields,
-            calibrated_dsc=self.calibration.apply(estimated) if self.calibration else None,
+            calibrated_dsc=(
+                self.calibration.apply(estimated, statistics) if self.calibration else None
+            ),
             reference_similarity={
                 refined_bank.ids[i]: float(value)
                 for i, value in enumerate(final_similarity.tolist())
             },
+            kept_statistics=statistics,
         )
         logger.debug(
             "rca estimate",

@@ -62,11 +62,12 @@ from cmrqc_shared.topics import ensure_namespaced_topics
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "rca-labeller"
-ALGORITHM_VERSION = "rca-torch-3"
+ALGORITHM_VERSION = "rca-torch-4"
 """Part of every label's event id: bump when the same inputs would give another label — an
 engine or estimator change, or a new committed calibration (``calibrated_dsc``). 2: the
 calibration refitted on 720 QC_VAL cases (2026-11-29). 3: the joint calibration (each class
-scored from all four class maxima), fitted on 1,440 QC_VAL cases (2026-11-29)."""
+scored from all four class maxima), fitted on 1,440 QC_VAL cases (2026-11-29). 4: the
+calibration also reads the kept references' top-k mean, mean, spread and similarity."""
 
 
 def engine_config(settings: RcaLabellerSettings) -> EngineConfig:
