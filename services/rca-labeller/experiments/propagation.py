@@ -59,12 +59,11 @@ from cmrqc_rca_labeller.engine import (
     score,
     unseen_segmentation,
 )
-from cmrqc_rca_labeller.evaluation import EvaluationCase, evaluation_cases
+from cmrqc_rca_labeller.evaluation import EVALUATION_SPLITS, EvaluationCase, evaluation_cases
 from cmrqc_rca_labeller.paths import default_cache_dir
 from cmrqc_rca_labeller.prepare import PreparedTest, prepare_test, test_to
 from cmrqc_rca_labeller.rca import RcaEstimator
 from cmrqc_rca_labeller.references import load_reference_set
-from cmrqc_shared.datasets.splits import QC_TEST, QC_VAL, RCA_HOLDOUT
 from cmrqc_shared.metrics import dice_per_class
 
 
@@ -141,14 +140,13 @@ def propagate_rule(
 
 def scans(split: str, count: int, skip: int) -> Iterator[tuple[int, Iterator[EvaluationCase]]]:
     """The evaluation cases, grouped by scan (they come scan by scan)."""
-    ranges = {"val": QC_VAL, "test": QC_TEST, "holdout": RCA_HOLDOUT}
-    cases = evaluation_cases(count, split=ranges[split], skip_scans=skip)
+    cases = evaluation_cases(count, split=EVALUATION_SPLITS[split], skip_scans=skip)
     return itertools.groupby(cases, key=lambda case: case.seed)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=("val", "test", "holdout"), required=True)
+    parser.add_argument("--split", choices=tuple(EVALUATION_SPLITS), required=True)
     parser.add_argument("--scans", type=int, required=True)
     parser.add_argument("--skip-scans", type=int, default=0)
     parser.add_argument("--caps", type=float, nargs="*", default=[5.0, 10.0, 20.0])

@@ -180,6 +180,21 @@ def test_the_committed_calibration_was_fitted_on_validation_cases() -> None:
         assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) >= 0)
 
 
+def test_the_command_offers_every_calibration_form_and_evaluation_split() -> None:
+    import argparse
+
+    from cmrqc_rca_labeller.calibration import CALIBRATION_FORMS
+    from cmrqc_rca_labeller.evaluation import EVALUATION_SPLITS
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    evaluate = parser._subparsers._group_actions[0].choices["evaluate"]  # type: ignore[union-attr]
+    rca = evaluate._subparsers._group_actions[0].choices["rca"]
+    offered = {action.dest: action.choices for action in rca._actions if action.choices}
+    assert set(offered["calibration_form"]) == set(CALIBRATION_FORMS)
+    assert set(offered["split"]) == set(EVALUATION_SPLITS)
+
+
 def test_fitting_a_calibration_on_the_test_split_is_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

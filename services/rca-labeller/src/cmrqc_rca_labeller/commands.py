@@ -87,7 +87,7 @@ def register(subparsers: SubParsers) -> None:
     )
     ev.add_argument(
         "--split",
-        choices=("test", "val", "holdout"),
+        choices=("test", "val", "holdout"),  # evaluation.EVALUATION_SPLITS (a test checks)
         default="test",
         help="QC_TEST (report), QC_VAL (tune settings without touching the test split) or "
         "RCA_HOLDOUT (the second held-out range, for preregistered confirmations)",
@@ -107,7 +107,7 @@ def register(subparsers: SubParsers) -> None:
     )
     ev.add_argument(
         "--calibration-form",
-        choices=("one-feature", "maxima", "kept"),
+        choices=("one-feature", "maxima", "kept"),  # calibration.CALIBRATION_FORMS (tested)
         default="kept",
         help="with --fit-calibration: each class from its own maximum, from all four class "
         "maxima, or also from the kept references' spread and similarity (the committed form)",
@@ -192,8 +192,7 @@ def _rca_labels(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cmrqc_rca_labeller.evaluation import fit_calibration, run_evaluation
-    from cmrqc_shared.datasets.splits import QC_TEST, QC_VAL, RCA_HOLDOUT
+    from cmrqc_rca_labeller.evaluation import EVALUATION_SPLITS, fit_calibration, run_evaluation
 
     if args.fit_calibration and args.split != "val":
         _complain("--fit-calibration needs --split val: never fit on the test split")
@@ -205,7 +204,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         corruptions_per_scan=args.corruptions_per_scan,
         threshold=args.threshold,
-        split={"val": QC_VAL, "test": QC_TEST, "holdout": RCA_HOLDOUT}[args.split],
+        split=EVALUATION_SPLITS[args.split],
         skip_scans=args.skip_scans,
     )
     summary = {"reference_set": reference_set.content_hash, **summary}

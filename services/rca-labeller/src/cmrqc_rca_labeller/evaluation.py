@@ -29,7 +29,7 @@ from cmrqc_rca_labeller.calibration import RcaCalibration
 from cmrqc_rca_labeller.engine import CLASS_NAMES
 from cmrqc_rca_labeller.rca import RcaEstimator
 from cmrqc_rca_labeller.volume import CardiacVolume
-from cmrqc_shared.datasets.splits import QC_TEST, SeedRange
+from cmrqc_shared.datasets.splits import QC_TEST, QC_VAL, RCA_HOLDOUT, SeedRange
 from cmrqc_shared.metrics import dice_per_class
 
 
@@ -45,6 +45,11 @@ class EvaluationCase:
     segmentation: NDArray[np.uint8]
     truth: NDArray[np.uint8]
     pixel_spacing_mm: tuple[float, float]
+
+
+EVALUATION_SPLITS: dict[str, SeedRange] = {"test": QC_TEST, "val": QC_VAL, "holdout": RCA_HOLDOUT}
+"""What ``--split`` names: QC_TEST to report, QC_VAL to tune and fit calibrations, RCA_HOLDOUT
+for preregistered confirmations once QC_TEST was used up."""
 
 
 def evaluation_cases(
@@ -174,7 +179,8 @@ def fit_calibration(
 ) -> RcaCalibration:
     """The correction of the raw estimate (max over references) on ``results`` (validation
     cases only: a calibration fitted on the test split would be reported on the data it was
-    fitted to); ``features``: a joint score first (``calibration.JOINT_FEATURES``)."""
+    fitted to); ``features``: what each class's score reads (``calibration.CALIBRATION_FORMS``;
+    the kept references' statistics come from each result's ``kept_statistics``)."""
     raw = {name: np.array([r.rca_dsc[name] for r in results]) for name in CLASS_NAMES}
     if results and all(r.kept_statistics for r in results):
         raw |= {
