@@ -59,12 +59,16 @@ JOINT_FEATURES: tuple[str, ...] = (
 JOINT_CLASSES: tuple[str, ...] = ("LV", "LVM", "RVC", "WH")
 """The classes a joint calibration scores from its features; BG keeps its own value."""
 
+PER_CLASS_STATISTICS: tuple[str, ...] = ("topk", "mean", "sd")
+"""The kinds of ``kept_statistics`` taken per class ("topk:LV", …)."""
+
+SIMILARITY_STATISTICS: tuple[str, ...] = ("similarity:best", "similarity:mean")
+"""The ``kept_statistics`` of the image similarity after registration."""
+
 KEPT_FEATURES: tuple[str, ...] = (
     JOINT_FEATURES
-    + tuple(f"topk:{name}" for name in JOINT_CLASSES)
-    + tuple(f"mean:{name}" for name in JOINT_CLASSES)
-    + tuple(f"sd:{name}" for name in JOINT_CLASSES)
-    + ("similarity:best", "similarity:mean")
+    + tuple(f"{kind}:{name}" for kind in PER_CLASS_STATISTICS for name in JOINT_CLASSES)
+    + SIMILARITY_STATISTICS
 )
 """``JOINT_FEATURES`` and what the kept references say besides their maximum (``kept_statistics``):
 per class the top-k mean, the mean and the spread, and how similar the references are."""
@@ -78,8 +82,8 @@ CALIBRATION_FORMS: dict[str, tuple[str, ...]] = {
 
 STATISTICS: tuple[str, ...] = (
     tuple(CLASSES)
-    + tuple(f"{kind}:{name}" for kind in ("topk", "mean", "sd") for name in CLASSES)
-    + ("similarity:best", "similarity:mean")
+    + tuple(f"{kind}:{name}" for kind in PER_CLASS_STATISTICS for name in CLASSES)
+    + SIMILARITY_STATISTICS
 )
 """What a feature may name: a class (its maximum over the kept references, the raw estimate),
 or one of ``kept_statistics``."""

@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -182,11 +183,9 @@ def fit_calibration(
     fitted to); ``features``: what each class's score reads (``calibration.CALIBRATION_FORMS``;
     the kept references' statistics come from each result's ``kept_statistics``)."""
     raw = {name: np.array([r.rca_dsc[name] for r in results]) for name in CLASS_NAMES}
-    if results and all(r.kept_statistics for r in results):
-        raw |= {
-            name: np.array([r.kept_statistics[name] for r in results if r.kept_statistics])
-            for name in results[0].kept_statistics or {}
-        }
+    statistics = [r.kept_statistics or {} for r in results]
+    if statistics and all(statistics):
+        raw |= {name: np.array([s[name] for s in statistics]) for name in statistics[0]}
     true = {name: np.array([r.true_dsc[name] for r in results]) for name in CLASS_NAMES}
     return RcaCalibration.fit(
         raw, true, reference_set=reference_set, fitted_on=fitted_on, features=features
@@ -259,7 +258,7 @@ def write_scatter_png(
     path: Path,
     summary: dict[str, object],
     split: SeedRange = QC_TEST,
-    field: str = "rca_dsc",
+    field: Literal["rca_dsc", "calibrated_dsc"] = "rca_dsc",
 ) -> Path:
     """RCA estimate vs true Dice, one panel per class, coloured by segmentation family.
 
